@@ -1,0 +1,23 @@
+"""Sampling loops. Each is a class with one call signature: ``sampler(model, labels, rng)``."""
+from typing import Dict, Type
+
+from .base import Sampler
+from .logits import LogitsProcessor, cfg_labels
+from .raster import RasterSampler
+
+SAMPLERS: Dict[str, Type[Sampler]] = {"raster": RasterSampler}
+
+
+def register_sampler(cls: Type[Sampler]) -> Type[Sampler]:
+    SAMPLERS[cls.name] = cls
+    return cls
+
+
+def create_sampler(name: str, **options) -> Sampler:
+    if name not in SAMPLERS:
+        raise KeyError(f"unknown sampler {name!r}; available: {sorted(SAMPLERS)}")
+    return SAMPLERS[name](**options)
+
+
+__all__ = ["Sampler", "LogitsProcessor", "cfg_labels", "RasterSampler", "SAMPLERS",
+           "register_sampler", "create_sampler"]

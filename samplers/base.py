@@ -1,0 +1,33 @@
+"""What every sampler shares: one call signature for all models, and forward-pass counting.
+
+``sampler(model, labels, rng) -> tokens`` where ``tokens`` is ``[B, h, w]`` ids (discrete
+generators) or ``[B, C, h, w]`` latents (continuous ones), and ``sampler.stats`` afterwards
+holds at least ``forward_passes`` (generator calls, a CFG-doubled batch counting once).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+
+from vargen.seeding import SampleRNG
+
+
+class Sampler:
+    name = "base"
+
+    def __init__(self) -> None:
+        self.stats: Dict[str, Any] = {}
+
+    def __call__(self, model: torch.nn.Module, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def check_labels(model: torch.nn.Module, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+        labels = torch.as_tensor(labels)
+        if labels.dim() != 1:
+            raise ValueError(f"class labels must be a 1-D tensor [B], got shape {tuple(labels.shape)}")
+        model.cls_embedding.check(labels, allow_null=False)
+        if len(rng) != labels.shape[0]:
+            raise ValueError(f"{len(rng)} per-sample generators for {labels.shape[0]} labels")
+        return labels.long()

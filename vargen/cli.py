@@ -1,0 +1,96 @@
+"""The ``vargen`` command: ``list``, ``sample`` (and the subcommands other modules add)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Dict, List, Optional
+
+COMMANDS: Dict[str, Callable[[argparse._SubParsersAction], None]] = {}
+
+
+def command(name: str):
+    """Register a function that adds subcommand ``name`` to the parser."""
+    def wrap(fn):
+        COMMANDS[name] = fn
+        return fn
+    return wrap
+
+
+@command("list")
+def _add_list(sub):
+    p = sub.add_parser("list", help="list registered models and pipelines")
+    p.add_argument("pattern", nargs="?", default="*")
+
+    def run(args):
+        import vargen
+        from vargen.pipeline import list_pipelines
+        for name in vargen.list_models(args.pattern):
+            entry = vargen.get_entry(name)
+            w = entry.weights
+            where = "" if w is None else f"  weights: {w.local and 'weights/' + w.local or w.hub_repo + '/' + w.filename}"
+            print(f"{name:24s} {entry.kind:10s}{where}")
+        for name in list_pipelines(args.pattern):
+            print(f"{name:24s} pipeline")
+    p.set_defaults(run=run)
+
+
+@command("sample")
+def _add_sample(sub):
+    p = sub.add_parser("sample", help="generate a grid of class-conditional samples")
+    p.add_argument("--model", required=True, help="pipeline name, e.g. nar-mnist")
+    p.add_argument("--classes", type=int, nargs="+", required=True)
+    p.add_argument("--per-class", type=int, default=1, help="samples per listed class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default=None, help="override the pipeline's sampler")
+    p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="samples.png")
+
+    def run(args):
+        import vargen
+        from vargen.images import save_grid
+        pipe = vargen.load_pipeline(args.model, device=args.device)
+        options = {k: v for k, v in dict(cfg_scale=args.cfg_scale, temperature=args.temperature,
+                                         top_k=args.top_k, top_p=args.top_p).items() if v is not None}
+        labels = [c for c in args.classes for _ in range(args.per_class)]
+        images = pipe.generate(labels, seed=args.seed, sampler=args.sampler, progress=True,
+                               batch_size=args.batch_size, **options)
+        save_grid(images, args.out, nrow=len(args.classes) if args.per_class > 1 else min(len(labels), 10))
+        print(f"wrote {args.out}: {len(labels)} images, "
+              f"{pipe.last_stats.get('forward_passes', '?')} forward passes per batch")
+    p.set_defaults(run=run)
+
+
+def _load_plugin_commands() -> None:
+    # Modules that add subcommands register them on import.
+    for module in ("vargen.eval.cli", "vargen.train", "vargen.bench"):
+        try:
+            __import__(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    _load_plugin_commands()
+    parser = argparse.ArgumentParser(prog="vargen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS.values():
+        add(sub)
+    args = parser.parse_args(argv)
+    from vargen.hub import WeightsError
+    try:
+        args.run(args)
+    except (KeyError, ValueError, FileNotFoundError, WeightsError) as e:
+        # User errors: one clear line, not a traceback.
+        print(f"vargen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

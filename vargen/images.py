@@ -1,0 +1,24 @@
+"""Pixels at the edges: [-1, 1] tensors to uint8, grids and files written atomically."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import torch
+from torchvision.utils import save_image
+
+from vargen.hub import atomic_write
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """``[-1, 1]`` float -> uint8 ``[0, 255]`` (same layout)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: int = 10) -> Path:
+    """Write ``[B, 3, H, W]`` images in [-1, 1] as one grid image, atomically."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".") or "png"
+    atomic_write(path, lambda tmp: save_image(images.float(), tmp, nrow=nrow, normalize=True,
+                                              value_range=(-1, 1), format=fmt))
+    return path

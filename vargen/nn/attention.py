@@ -1,0 +1,110 @@
+"""Multi-head attention on ``F.scaled_dot_product_attention`` with an append-only KV cache.
+
+The cache stores keys/values in insertion order. A call may append a block of several tokens
+at once; the default mask is causal in insertion order (token i of the block sees everything
+cached before the block plus block tokens <= i). Any other pattern (NAR's bidirectional
+diagonals, xAR's block-causal cells, SJD's windows) is passed as an explicit boolean mask over
+``[queries, cached + new keys]``. ``truncate(n)`` rolls the cache back to its first n entries.
+Positions are carried by the RoPE table the caller passes, so insertion order and spatial
+order are independent.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .rope import apply_rope
+
+
+class KVCache:
+    """Preallocated ``[B, H, max_len, D]`` keys and values plus a fill length."""
+
+    def __init__(self, batch_size: int, n_heads: int, max_len: int, head_dim: int,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (batch_size, n_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple:
+        n = k.shape[2]
+        if self.length + n > self.max_len:
+            raise RuntimeError(f"KV cache overflow: {self.length} + {n} > {self.max_len}")
+        if k.shape[0] != self.k.shape[0]:
+            raise ValueError(f"KV cache was set up for batch {self.k.shape[0]}, got {k.shape[0]}")
+        self.k[:, :, self.length:self.length + n] = k
+        self.v[:, :, self.length:self.length + n] = v
+        self.length += n
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+    def truncate(self, n: int) -> None:
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot truncate a cache of length {self.length} to {n}")
+        self.length = n
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows ``rows`` (e.g. finished samples leaving a batch)."""
+        self.k, self.v = self.k[rows], self.v[rows]
+
+
+def block_causal_mask(n_new: int, n_cached: int, device=None) -> torch.Tensor:
+    """``[n_new, n_cached + n_new]`` bool: cached keys all visible, causal inside the block."""
+    return torch.ones(n_new, n_cached + n_new, dtype=torch.bool, device=device).tril(n_cached)
+
+
+class Attention(nn.Module):
+    """LlamaGen attention: fused ``wqkv`` (no bias by default), ``wo``, optional GQA, RoPE."""
+
+    def __init__(self, dim: int, n_head: int, n_kv_head: Optional[int] = None, qkv_bias: bool = False,
+                 attn_dropout: float = 0.0, resid_dropout: float = 0.0):
+        super().__init__()
+        if dim % n_head:
+            raise ValueError(f"dim {dim} is not divisible by n_head {n_head}")
+        self.dim, self.n_head = dim, n_head
+        self.n_kv_head = n_kv_head or n_head
+        self.head_dim = dim // n_head
+        kv_dim = self.n_kv_head * self.head_dim
+        self.wqkv = nn.Linear(dim, dim + 2 * kv_dim, bias=qkv_bias)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.attn_dropout = attn_dropout
+        self.resid_dropout = nn.Dropout(resid_dropout)
+        self.cache: Optional[KVCache] = None
+
+    def setup_cache(self, batch_size: int, max_len: int, device, dtype) -> None:
+        self.cache = KVCache(batch_size, self.n_kv_head, max_len, self.head_dim, device, dtype)
+
+    def forward(self, x: torch.Tensor, rope: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # x: [B, S, dim]; rope: [S, head_dim/2, 2]; mask: bool [S, L] or [B, 1, S, L], True = attend
+        bsz, seqlen, _ = x.shape
+        kv_dim = self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([self.dim, kv_dim, kv_dim], dim=-1)
+        q = q.view(bsz, seqlen, self.n_head, self.head_dim)
+        k = k.view(bsz, seqlen, self.n_kv_head, self.head_dim)
+        v = v.view(bsz, seqlen, self.n_kv_head, self.head_dim)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
+        is_causal = False
+        if self.cache is not None:
+            n_cached = self.cache.length
+            k, v = self.cache.append(k, v)
+            if mask is None and seqlen > 1:
+                mask = block_causal_mask(seqlen, n_cached, device=x.device)
+        elif mask is None:
+            is_causal = seqlen > 1
+        if self.n_kv_head != self.n_head:
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.attn_dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(bsz, seqlen, self.dim)
+        return self.resid_dropout(self.wo(out))

@@ -1,0 +1,78 @@
+"""Llama-style building blocks shared by the generators: RMSNorm and the SwiGLU feed-forward."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - (n % k)
+
+
+def swiglu_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: Optional[float] = None) -> int:
+    """LlamaGen's FFN width: 2/3 of 4*dim, optionally scaled, rounded up to ``multiple_of``."""
+    hidden = int(2 * 4 * dim / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return find_multiple(hidden, multiple_of)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 (as LlamaGen); ``elementwise_affine=False`` drops the weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        out = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return out * self.weight if self.weight is not None else out
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: ``w2(silu(w1 x) * w3 x)``, no biases (LlamaGen key names w1/w2/w3)."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.ffn_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding with one extra row (index ``num_classes``) as the null class for CFG.
+
+    During training labels are replaced by the null class with probability ``dropout_prob``.
+    Key name ``embedding_table`` as in DiT / LlamaGen.
+    """
+
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float = 0.1):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def check(self, labels: torch.Tensor, allow_null: bool = True) -> None:
+        if labels.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"class labels must be integer tensors, got {labels.dtype}")
+        high = self.num_classes + (1 if allow_null else 0)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= high):
+            raise ValueError(f"class labels must be in [0, {self.num_classes - 1}]"
+                             f"{f' or {self.num_classes} (null)' if allow_null else ''}; "
+                             f"got min {int(labels.min())}, max {int(labels.max())}")
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        self.check(labels)
+        if self.training and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels)

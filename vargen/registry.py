@@ -1,0 +1,126 @@
+"""A timm-style model registry that keeps architecture apart from weights.
+
+Every entry names a network class, a dataclass config preset, and optionally a :class:`Weights`
+record saying where official or shipped weights live (Hub repo + file + sha256 + converter) and
+which metrics their source reports. ``create_model(name, pretrained=...)`` builds the network
+and loads weights strictly through :mod:`vargen.hub`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import torch.nn as nn
+
+StateDict = Dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where the weights of a registry entry come from.
+
+    Exactly one of ``hub_repo`` (a Hugging Face repo id, with ``filename``) or ``local`` (a
+    folder inside the installed ``vargen.weights`` package) is set. Official pickle checkpoints
+    go through ``converter`` (official state dict -> vargen state dict).
+    """
+
+    hub_repo: Optional[str] = None
+    filename: Optional[str] = None
+    local: Optional[str] = None
+    sha256: Optional[str] = None
+    converter: Optional[Callable[[StateDict], StateDict]] = None
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    model_cls: type
+    config: Any
+    weights: Optional[Weights] = None
+    converter: Optional[Callable[[StateDict], StateDict]] = None
+
+    @property
+    def kind(self) -> str:
+        return getattr(self.model_cls, "kind", "generator")
+
+
+_REGISTRY: Dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, model_cls: type, config: Any, weights: Optional[Weights] = None,
+                   converter: Optional[Callable[[StateDict], StateDict]] = None) -> ModelEntry:
+    """Register ``name``; ``converter`` maps an official checkpoint's keys to vargen's."""
+    if name != name.lower() or " " in name or "_" in name:
+        raise ValueError(f"model names are lowercase and dashed, got {name!r}")
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"config of {name!r} must be a dataclass instance, got {type(config)}")
+    if weights is not None and converter is not None and weights.converter is None:
+        weights = dataclasses.replace(weights, converter=converter)
+    entry = ModelEntry(name, model_cls, config, weights, converter)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def _ensure_builtin_models() -> None:
+    # Importing the model packages runs their register_model calls.
+    import vargen.models  # noqa: F401
+    import vargen.tokenizers  # noqa: F401
+
+
+def list_models(pattern: str = "*", kind: Optional[str] = None, pretrained: bool = False) -> List[str]:
+    """Registered names matching a shell-style ``pattern`` (``"nar*"``), sorted."""
+    _ensure_builtin_models()
+    names = [n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern)
+             and (kind is None or e.kind == kind) and (not pretrained or e.weights is not None)]
+    return sorted(names)
+
+
+def get_entry(name: str) -> ModelEntry:
+    _ensure_builtin_models()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown model {name!r}.{hint} See vargen.list_models() for all "
+                       f"{len(_REGISTRY)} names.")
+    return _REGISTRY[name]
+
+
+def model_config(name: str, **overrides: Any) -> Any:
+    """The entry's config preset with ``overrides`` applied (unknown fields are an error)."""
+    config = get_entry(name).config
+    known = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"{name}: unknown config field(s) {unknown}; "
+                        f"{type(config).__name__} has {sorted(known)}")
+    return dataclasses.replace(config, **overrides)
+
+
+def create_model(name: str, pretrained: Union[bool, str, Path] = False, **overrides: Any) -> nn.Module:
+    """Build a registered network, optionally with weights.
+
+    ``pretrained`` is ``False`` (random init), ``True`` (the entry's registered weights), or a
+    path / Hub repo id: a folder or repo saved by ``save_pretrained``, a ``.safetensors`` file,
+    or an official ``.pt``/``.pth``/``.ckpt`` checkpoint (read with the entry's converter).
+    """
+    from vargen import hub
+
+    entry = get_entry(name)
+    config = model_config(name, **overrides)
+    if pretrained is False or pretrained is None:
+        return entry.model_cls(config)
+    if pretrained is True:
+        if entry.weights is None:
+            raise ValueError(f"{name!r} has no registered weights; pass pretrained=PATH_OR_REPO "
+                             f"or see vargen.list_models(pretrained=True)")
+        return hub.load_registered(entry, config)
+    return hub.load_from(entry.model_cls, config, pretrained, converter=entry.converter,
+                         strict_config=not overrides)

@@ -1,0 +1,1 @@
+"""Tokenizers: discrete VQ and continuous KL. Importing this package registers them."""

@@ -1,0 +1,48 @@
+"""The tokenizer interface every family keeps.
+
+``encode(x) -> tokens`` and ``decode(tokens) -> x`` with pixels in [-1, 1] (NCHW, or NCTHW for
+video); ``is_discrete``; ``vocab_size`` (discrete) or ``latent_channels`` (continuous);
+``token_grid(image_size)`` gives the token grid an input size maps to.
+"""
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import torch
+
+from vargen.hub import VargenModule
+
+
+class Tokenizer(VargenModule):
+    kind = "tokenizer"
+    is_discrete: bool = True
+    downsample: int = 16  # pixels per token side
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def latent_channels(self) -> int:
+        raise NotImplementedError
+
+    def token_grid(self, image_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        if h % self.downsample or w % self.downsample:
+            raise ValueError(f"{type(self).__name__} needs image sides divisible by "
+                             f"{self.downsample}, got {h}x{w}")
+        return h // self.downsample, w // self.downsample
+
+    def check_images(self, x: torch.Tensor) -> None:
+        if not torch.is_floating_point(x):
+            raise TypeError(f"images must be float tensors in [-1, 1], got {x.dtype} "
+                            f"(convert uint8 with x / 127.5 - 1)")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(x.shape)}")
+        self.token_grid(tuple(x.shape[-2:]))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Small trained models shipped with vargen (safetensors + config.json + model card)."""
