@@ -55,6 +55,8 @@ class LlamaGenConfig:
 
 class LlamaGen(VargenModule):
     config_class = LlamaGenConfig
+    default_sampler = "raster"
+    is_discrete = True
 
     def __init__(self, config: LlamaGenConfig):
         super().__init__(config)
@@ -101,6 +103,11 @@ class LlamaGen(VargenModule):
     @property
     def grid_shape(self) -> tuple:
         return (self.config.grid_size, self.config.grid_size)
+
+    @property
+    def token_shape(self) -> tuple:
+        """Shape of one sample's tokens: ``(h, w)`` ids."""
+        return self.grid_shape
 
     def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Flatten ``[B, h, w]`` or ``[B, h*w]`` ids to ``[B, N]`` after checking them."""
