@@ -65,7 +65,7 @@ class LlamaGen(VargenModule):
         self.tok_embeddings = nn.Embedding(c.vocab_size, c.dim)
         self.tok_dropout = nn.Dropout(c.token_dropout_p)
         ffn_hidden = swiglu_hidden_dim(c.dim, c.multiple_of, c.ffn_dim_multiplier)
-        drop_path = torch.linspace(0, c.drop_path_rate, c.n_layer).tolist()
+        drop_path = [c.drop_path_rate * i / max(c.n_layer - 1, 1) for i in range(c.n_layer)]
         self.layers = nn.ModuleList([self._block(ffn_hidden, dp) for dp in drop_path])
         self.norm = RMSNorm(c.dim, c.norm_eps)
         self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
