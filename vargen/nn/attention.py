@@ -63,7 +63,7 @@ class Attention(nn.Module):
     """LlamaGen attention: fused ``wqkv`` (no bias by default), ``wo``, optional GQA, RoPE."""
 
     def __init__(self, dim: int, n_head: int, n_kv_head: Optional[int] = None, qkv_bias: bool = False,
-                 attn_dropout: float = 0.0, resid_dropout: float = 0.0):
+                 attn_dropout: float = 0.0, resid_dropout: float = 0.0, out_bias: bool = False):
         super().__init__()
         if dim % n_head:
             raise ValueError(f"dim {dim} is not divisible by n_head {n_head}")
@@ -72,7 +72,7 @@ class Attention(nn.Module):
         self.head_dim = dim // n_head
         kv_dim = self.n_kv_head * self.head_dim
         self.wqkv = nn.Linear(dim, dim + 2 * kv_dim, bias=qkv_bias)
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=out_bias)  # xAR's proj has a bias, LlamaGen's wo not
         self.attn_dropout = attn_dropout
         self.resid_dropout = nn.Dropout(resid_dropout)
         self.cache: Optional[KVCache] = None
