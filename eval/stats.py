@@ -1,0 +1,153 @@
+"""Streaming feature statistics and the ADM ``.npz`` format.
+
+ADM's evaluator (https://github.com/openai/guided-diffusion/tree/main/evaluations) stores reference
+batches as ``.npz`` files: ``arr_0`` = uint8 ``[N, H, W, 3]`` images and/or precomputed ``mu``,
+``sigma`` (pool3 mean and covariance). MAR/xAR's ``fid_stats/adm_in256_stats.npz`` holds only
+``mu``/``sigma``. Statistics are accumulated as float64 sums (``sum x`` and ``sum x x^T``), so
+memory stays flat in the number of samples; raw features are kept only when KID or
+precision/recall need them, up to ``keep`` rows.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Union
+
+import numpy as np
+import torch
+
+from vargen.hub import atomic_write
+
+
+class FeatureStats:
+    """Running mean / covariance of ``[B, D]`` features in float64; optionally keeps the first
+    ``keep`` raw feature rows (float32) for KID / precision-recall."""
+
+    def __init__(self, keep: int = 0):
+        self.keep = keep
+        self.n = 0
+        self.sum: Optional[torch.Tensor] = None
+        self.outer: Optional[torch.Tensor] = None
+        self._kept: list = []
+        self._n_kept = 0
+
+    def update(self, features: torch.Tensor) -> None:
+        if features.dim() != 2:
+            raise ValueError(f"expected features [B, D], got shape {tuple(features.shape)}")
+        x = features.detach().to("cpu", torch.float64)
+        if self.sum is None:
+            self.sum = torch.zeros(x.shape[1], dtype=torch.float64)
+            self.outer = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+        elif x.shape[1] != self.sum.shape[0]:
+            raise ValueError(f"feature width changed from {self.sum.shape[0]} to {x.shape[1]}")
+        self.n += x.shape[0]
+        self.sum += x.sum(0)
+        self.outer += x.T @ x
+        if self._n_kept < self.keep:
+            take = x[: self.keep - self._n_kept].float()
+            self._kept.append(take)
+            self._n_kept += take.shape[0]
+
+    @property
+    def mu(self) -> np.ndarray:
+        self._check(1)
+        return (self.sum / self.n).numpy()
+
+    @property
+    def sigma(self) -> np.ndarray:
+        """Unbiased covariance (``N - 1``), as ``np.cov`` / ADM / torch-fidelity."""
+        self._check(2)
+        mu = self.sum / self.n
+        return ((self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)).numpy()
+
+    @property
+    def features(self) -> torch.Tensor:
+        if not self._kept:
+            raise ValueError("no raw features were kept (construct FeatureStats with keep > 0)")
+        return torch.cat(self._kept)
+
+    def _check(self, n: int) -> None:
+        if self.n < n:
+            raise ValueError(f"need at least {n} samples for statistics, have {self.n}")
+
+
+def save_stats(path: Union[str, Path], mu: np.ndarray, sigma: np.ndarray, **extra: Any) -> Path:
+    """Write ADM-style ``mu``/``sigma`` (plus any extra arrays) atomically."""
+    return save_npz(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
+
+
+def save_npz(path: Union[str, Path], **arrays: Any) -> Path:
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to the temp name
+            np.savez(f, **arrays)
+    atomic_write(path, write)
+    return path
+
+
+def load_npz(path: Union[str, Path]) -> Dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` (images stay lazily loaded until indexed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return np.load(path)
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a readable .npz file: {e}") from e
+
+
+def load_stats(path: Union[str, Path]) -> Optional[Dict[str, np.ndarray]]:
+    """``{"mu", "sigma"}`` stored in an ADM/MAR ``.npz``, or None when it holds only images."""
+    data = load_npz(path)
+    if "mu" in data.files and "sigma" in data.files:
+        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+        if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+            raise ValueError(f"{path}: expected mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+        return {"mu": mu, "sigma": sigma}
+    if "arr_0" not in data.files:
+        raise ValueError(f"{path} has neither mu/sigma nor arr_0 images (keys: {data.files})")
+    return None
+
+
+def check_images_nhwc(images: np.ndarray, where: str = "images") -> np.ndarray:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{where}: expected uint8 [N, H, W, 3] images (ADM arr_0), got "
+                         f"{images.dtype} {tuple(images.shape)}")
+    return images
+
+
+def npz_image_batches(path: Union[str, Path], batch_size: int, limit: Optional[int] = None
+                      ) -> Iterator[torch.Tensor]:
+    """uint8 ``[B, 3, H, W]`` batches streamed from ``arr_0`` (NHWC) of an ADM ``.npz``.
+
+    Reads the ``.npy`` member of the zip sequentially (as ADM's ``NpzArrayReader`` does), so a
+    50k-image file never sits in memory at once.
+    """
+    load_npz(path)  # clear errors for a missing or corrupt file
+    with zipfile.ZipFile(path) as z:
+        if "arr_0.npy" not in z.namelist():
+            raise ValueError(f"{path} has no arr_0 images (members: {z.namelist()})")
+        with z.open("arr_0.npy") as f:
+            shape, fortran, dtype = _read_npy_header(f)
+            check_images_nhwc(np.empty((0,) + tuple(shape[1:]) if len(shape) == 4 else shape, dtype), str(path))
+            if fortran:
+                raise ValueError(f"{path}: arr_0 is Fortran-ordered; save it C-contiguous")
+            n = shape[0] if limit is None else min(limit, shape[0])
+            per_image = int(np.prod(shape[1:]))
+            for start in range(0, n, batch_size):
+                count = min(batch_size, n - start)
+                chunk = np.frombuffer(f.read(count * per_image), np.uint8).reshape(count, *shape[1:])
+                yield torch.from_numpy(chunk.copy()).permute(0, 3, 1, 2).contiguous()
+
+
+def npz_length(path: Union[str, Path]) -> int:
+    """Number of images in ``arr_0`` without loading them."""
+    with zipfile.ZipFile(path) as z, z.open("arr_0.npy") as f:
+        return _read_npy_header(f)[0][0]
+
+
+def _read_npy_header(f: Any) -> tuple:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(f)
