@@ -4,7 +4,10 @@ The cache stores keys/values in insertion order. A call may append a block of se
 at once; the default mask is causal in insertion order (token i of the block sees everything
 cached before the block plus block tokens <= i). Any other pattern (NAR's bidirectional
 diagonals, xAR's block-causal cells, SJD's windows) is passed as an explicit boolean mask over
-``[queries, cached + new keys]``. ``truncate(n)`` rolls the cache back to its first n entries.
+``[queries, cached + new keys]``. ``truncate(n)`` rolls the cache back to its first n entries;
+``truncate(lengths [B])`` keeps a different number of entries per row (speculative decoding, where
+each sample keeps its own accepted prefix): later blocks are then written at each row's own fill
+length and the default mask hides every row's stale tail.
 Positions are carried by the RoPE table the caller passes, so insertion order and spatial
 order are independent.
 """
@@ -27,11 +30,18 @@ class KVCache:
         shape = (batch_size, n_heads, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
+        self.length = 0  # the longest row's fill length
+        self.row_lengths: Optional[torch.Tensor] = None  # [B] once rows differ, else None
 
     @property
     def max_len(self) -> int:
         return self.k.shape[2]
+
+    def lengths(self) -> torch.Tensor:
+        """Per-row fill lengths ``[B]``."""
+        if self.row_lengths is None:
+            return torch.full((self.k.shape[0],), self.length, dtype=torch.long, device=self.k.device)
+        return self.row_lengths
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple:
         n = k.shape[2]
@@ -39,19 +49,49 @@ class KVCache:
             raise RuntimeError(f"KV cache overflow: {self.length} + {n} > {self.max_len}")
         if k.shape[0] != self.k.shape[0]:
             raise ValueError(f"KV cache was set up for batch {self.k.shape[0]}, got {k.shape[0]}")
-        self.k[:, :, self.length:self.length + n] = k
-        self.v[:, :, self.length:self.length + n] = v
+        if self.row_lengths is None:
+            self.k[:, :, self.length:self.length + n] = k
+            self.v[:, :, self.length:self.length + n] = v
+        else:  # ragged rows: row b is written from its own fill length on
+            slots = self.row_lengths[:, None] + torch.arange(n, device=self.k.device)  # [B, n]
+            slots = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            self.k.scatter_(2, slots, k.to(self.k.dtype))
+            self.v.scatter_(2, slots, v.to(self.v.dtype))
+            self.row_lengths = self.row_lengths + n
         self.length += n
         return self.k[:, :, :self.length], self.v[:, :, :self.length]
 
-    def truncate(self, n: int) -> None:
-        if not 0 <= n <= self.length:
+    def causal_mask(self, n_new: int, device=None) -> Optional[torch.Tensor]:
+        """Default mask for appending ``n_new`` entries (None where plain attention is causal)."""
+        if self.row_lengths is None:
+            return block_causal_mask(n_new, self.length, device) if n_new > 1 else None
+        keys = torch.arange(self.length + n_new, device=device)
+        last = self.row_lengths.to(device)[:, None] + torch.arange(n_new, device=device)  # [B, n_new]
+        return (keys <= last[..., None])[:, None]  # [B, 1, n_new, length + n_new]
+
+    def truncate(self, n) -> None:
+        """Keep the first ``n`` entries: an int for every row, or a ``[B]`` tensor per row."""
+        if isinstance(n, torch.Tensor) and n.dim() == 1:
+            if n.shape[0] != self.k.shape[0]:
+                raise ValueError(f"per-row lengths must have shape [{self.k.shape[0]}], got {tuple(n.shape)}")
+            n = n.to(device=self.k.device, dtype=torch.long)
+            if bool((n < 0).any() | (n > self.lengths()).any()):
+                raise ValueError(f"cannot truncate rows of lengths {self.lengths().tolist()} to {n.tolist()}")
+            uniform = bool((n == n[0]).all())
+            self.row_lengths = None if uniform else n.clone()
+            self.length = int(n.max())
+            return
+        n = int(n)
+        if not 0 <= n <= int(self.lengths().min()):
             raise ValueError(f"cannot truncate a cache of length {self.length} to {n}")
-        self.length = n
+        self.length, self.row_lengths = n, None
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only batch rows ``rows`` (e.g. finished samples leaving a batch)."""
         self.k, self.v = self.k[rows], self.v[rows]
+        if self.row_lengths is not None:
+            self.row_lengths = self.row_lengths[rows]
+            self.length = int(self.row_lengths.max())
 
 
 def block_causal_mask(n_new: int, n_cached: int, device=None) -> torch.Tensor:
@@ -94,10 +134,9 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
         is_causal = False
         if self.cache is not None:
-            n_cached = self.cache.length
+            if mask is None:
+                mask = self.cache.causal_mask(seqlen, device=x.device)
             k, v = self.cache.append(k, v)
-            if mask is None and seqlen > 1:
-                mask = block_causal_mask(seqlen, n_cached, device=x.device)
         elif mask is None:
             is_causal = seqlen > 1
         if self.n_kv_head != self.n_head:

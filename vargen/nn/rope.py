@@ -49,9 +49,9 @@ def rope_3d(shape: tuple, head_dim: int, base: float = 10000.0, cls_token_num: i
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [B, S, H, D]`` by ``table [S, D/2, 2]`` in float32, cast back."""
+    """Rotate ``x [B, S, H, D]`` by ``table [S, D/2, 2]`` (or per-row ``[B, S, D/2, 2]``) in float32."""
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    table = table.view(1, pairs.size(1), 1, pairs.size(3), 2)
+    table = table.reshape(-1, pairs.size(1), 1, pairs.size(3), 2)
     cos, sin = table[..., 0], table[..., 1]
     out = torch.stack([pairs[..., 0] * cos - pairs[..., 1] * sin,
                        pairs[..., 1] * cos + pairs[..., 0] * sin], dim=-1)
