@@ -193,7 +193,7 @@ class LlamaGen(VargenModule):
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor,
                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Append codes ``tokens [B, T]`` at raster ``positions [T]`` to the cache.
+        """Append codes ``tokens [B, T]`` at raster ``positions [T]`` (or per-row ``[B, T]``) to the cache.
 
         Returns logits ``[B, T, V]``; logits at row t predict the code after position t in
         raster order. ``mask`` is bool ``[T, cached + T]`` (default: causal in cache order).

@@ -45,11 +45,19 @@ class LogitsProcessor:
             return 1.0 + (self.cfg_scale - 1.0) * done / max(total - 1, 1)
         return self.cfg_scale
 
-    def combine(self, logits: torch.Tensor, done: int = 0, total: int = 1) -> torch.Tensor:
-        """``[2B, ...]`` -> ``[B, ...]`` guided logits (identity without CFG)."""
+    def combine(self, logits: torch.Tensor, done=0, total: int = 1) -> torch.Tensor:
+        """``[2B, ...]`` -> ``[B, ...]`` guided logits (identity without CFG).
+
+        ``done`` is an int, or a tensor ``[B, ...]`` (logits' shape without V) when rows are at
+        different steps, as in the windows of speculative samplers.
+        """
         if not self.uses_cfg:
             return logits
         cond, uncond = logits.chunk(2, dim=0)
+        if torch.is_tensor(done):
+            scale = torch.tensor([self.guidance(d, total) for d in done.flatten().tolist()],
+                                 dtype=cond.dtype, device=cond.device).view(*done.shape, 1)
+            return torch.where(scale == 1.0, cond, uncond + (cond - uncond) * scale)
         scale = self.guidance(done, total)
         return cond if scale == 1.0 else uncond + (cond - uncond) * scale
 
