@@ -21,3 +21,19 @@ def create_sampler(name: str, **options) -> Sampler:
 
 __all__ = ["Sampler", "LogitsProcessor", "cfg_labels", "RasterSampler", "SAMPLERS",
            "register_sampler", "create_sampler"]
+
+from .speculative import GSDSampler, SJDSampler  # noqa: E402
+
+register_sampler(SJDSampler)
+register_sampler(GSDSampler)
+__all__ += ["SJDSampler", "GSDSampler"]
+
+from .neighbor import NeighborSampler  # noqa: E402
+
+register_sampler(NeighborSampler)
+__all__ += ["NeighborSampler"]
+
+from .flow import FlowSampler  # noqa: E402
+
+register_sampler(FlowSampler)
+__all__ += ["FlowSampler"]

@@ -1,0 +1,272 @@
+"""Speculative samplers for any raster AR model: SJD (lossless) and GSD (grouped, lossy).
+
+SJD: "Accelerating Auto-regressive Text-to-Image Generation with Training-free Speculative Jacobi
+Decoding", Teng et al., ICLR 2025, arXiv 2410.01699; official code
+https://github.com/tyshiwo1/Accelerating-T2I-AR-with-SJD (``scheduler/jacobi_iteration_*.py``).
+GSD: "Grouped Speculative Decoding for Autoregressive Image Generation", So et al., ICCV 2025,
+arXiv 2508.07747; official code https://github.com/junhyukso/GSD (built on the SJD code).
+
+One loop serves both; they differ only in ``acceptance``. Per sample, each step feeds a window of
+``window`` tokens ``[last committed token, d_1 .. d_{window-1}]`` (drafts, each with its draft
+distribution q) in ONE forward pass over the KV cache, which yields target distributions p at
+every window position. Drafts are verified in order, accepted with probability
+``min(1, p(d) / q(d))``; at the first rejection that position is resampled from
+``norm(max(0, p - q))`` and the rest of the window is dropped from the cache; if every draft is
+accepted the last position's sample is a bonus token. The target samples made after the rejection
+(on a now-invalid prefix) are carried to the next step as drafts with q = their p, and the window
+is topped up with fresh drafts: a uniformly random token with one-hot q (official default) or a
+copy of the token to the left (official LlamaGen default ``repeat_horizon``). This is exact
+speculative sampling, so SJD's output distribution equals plain raster sampling under the same
+``LogitsProcessor``.
+
+Model contract: ``grid_shape``, ``null_class``, ``setup_cache(batch, max_len)``, ``prefill(labels)``,
+``decode(tokens [B, T], positions [B, T])`` (causal inside the block, per-row positions),
+``truncate_cache(lengths [B])`` (per-row), ``cache_length``, ``clear_cache()``; GSD also reads
+``tok_embeddings`` unless a codebook is passed.
+
+Batches: every sample advances by its own accepted length (the official code commits the minimum
+over the batch); the KV cache keeps per-row lengths. Every random number of sample i comes from
+``rng``'s generator i, a fixed block per step the sample takes part in, so a sample is the same
+alone or in a batch.
+
+Deviations from the official code: the residual is normalised directly instead of re-applying the
+logits processors to ``log(max(0, p - q))`` (re-applying top-k/top-p to the residual would break
+exactness); the Jacobi range's upper end ``r`` exists there because of static cache sizes and
+Lumina's end-of-image tokens, here the window is clipped to the remaining tokens instead
+(``tail`` > 0 restores one-token steps at the end, e.g. ``tail=18`` as the official LlamaGen run).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from vargen.seeding import SampleRNG, sample_from_probs
+
+from .base import Sampler
+from .logits import LogitsProcessor, cfg_labels
+
+DRAFT_INITS = ("random", "copy-left", "copy-previous")
+
+
+class SJDSampler(Sampler):
+    """Speculative Jacobi decoding.
+
+    Args:
+        window: tokens fed per forward pass, the last committed one plus ``window - 1`` drafts
+            (official ``max_num_new_tokens`` = 16).
+        init: fresh drafts; ``"random"`` (uniform token, one-hot q; official Lumina/Emu3/GSD),
+            ``"copy-left"`` (the token to the left in the same row, random in column 0; official
+            LlamaGen ``repeat_horizon``), ``"copy-previous"`` (the previous token in raster order).
+        warmup: tokens generated one per step before Jacobi steps start (official ``l`` = 1: the
+            prefill's token).
+        tail: the last ``tail`` tokens are generated one per step (0: windows are clipped instead).
+        cfg_scale .. top_p: the ``LogitsProcessor`` defining the target distribution.
+    """
+
+    name = "sjd"
+
+    def __init__(self, window: int = 16, init: str = "random", warmup: int = 1, tail: int = 0,
+                 cfg_scale: float = 1.0, cfg_schedule: str = "constant", cfg_interval: int = -1,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+        super().__init__()
+        if window < 1:
+            raise ValueError(f"window must be >= 1 token, got {window}")
+        if init not in DRAFT_INITS:
+            raise ValueError(f"init must be one of {DRAFT_INITS}, got {init!r}")
+        if warmup < 1 or tail < 0:
+            raise ValueError(f"need warmup >= 1 (the prefill's token) and tail >= 0, got {warmup}, {tail}")
+        self.window, self.init, self.warmup, self.tail = window, init, warmup, tail
+        self.logits = LogitsProcessor(cfg_scale, cfg_schedule, cfg_interval, temperature, top_k, top_p)
+
+    # --------------------------------------------------------------------- the rules (overridable)
+    def prepare(self, model) -> None:
+        """Per-call setup of the acceptance rule (GSD reads the embedding table here)."""
+
+    def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+        """Acceptance probability ``[B, S]`` of ``drafts [B, S]`` under target p and draft q ``[B, S, V]``."""
+        d = drafts[..., None]
+        return (p.gather(-1, d) / q.gather(-1, d)).squeeze(-1).clamp(max=1.0)
+
+    @staticmethod
+    def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Distribution to resample a rejected position from: ``norm(max(0, p - q))``."""
+        r = (p - q).clamp(min=0)
+        mass = r.sum(-1, keepdim=True)
+        return torch.where(mass > 1e-12, r / mass.clamp(min=1e-30), p)  # p == q up to rounding
+
+    # --------------------------------------------------------------------- the loop
+    def _window_lengths(self, n: torch.Tensor, total: int) -> torch.Tensor:
+        """Tokens to feed per row at progress ``n [B]``: 1 outside the Jacobi range, 0 when done."""
+        jacobi = (n >= self.warmup) & (n < total - self.tail)
+        size = torch.where(jacobi, (total - self.tail - n).clamp(max=self.window), torch.ones_like(n))
+        return torch.where(n < total, size, torch.zeros_like(n))
+
+    def _top_up(self, drafts, q, kept, n, last, u, width: int, vocab: int) -> None:
+        """Fill draft slots ``>= kept`` (in place) with fresh drafts and one-hot q."""
+        fresh = (u * vocab).long().clamp(max=vocab - 1)  # [B, S] uniform random tokens
+        for s in range(drafts.shape[1]):
+            new = s >= kept  # [B]
+            token = fresh[:, s]
+            if self.init != "random":
+                left = last if s == 0 else drafts[:, s - 1]
+                column0 = (n + s) % width == 0
+                token = torch.where(column0, token, left) if self.init == "copy-left" else left
+            drafts[:, s] = torch.where(new, token, drafts[:, s])
+            onehot = torch.nn.functional.one_hot(token, vocab).to(q.dtype)
+            q[:, s] = torch.where(new[:, None], onehot, q[:, s])
+
+    @torch.no_grad()
+    def __call__(self, model, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+        labels = self.check_labels(model, labels, rng).to(model.output.weight.device)
+        device = labels.device
+        h, w = model.grid_shape
+        total, bsz, slots = h * w, labels.shape[0], self.window - 1
+        cfg = self.logits.uses_cfg
+        cond = cfg_labels(labels, model.null_class) if cfg else labels
+        prefix = getattr(model.config, "cls_token_num", 1)
+        model.setup_cache(cond.shape[0], max_len=prefix + total + self.window)  # room for padded rows
+        self.prepare(model)
+        tokens = torch.zeros(bsz, total, dtype=torch.long, device=device)
+        rows = torch.arange(bsz, device=device)
+        forwards = torch.ones(bsz, dtype=torch.long)
+        accepted = torch.zeros(bsz, dtype=torch.long)
+        passes = 1
+        try:
+            first = self.logits.probs(model.prefill(cond), 0, total)  # [B, V]
+            vocab = first.shape[-1]
+            tokens[:, 0] = sample_from_probs(first, rng.rand(1)[:, 0].to(device))
+            base = model.cache_length  # condition tokens
+            n = torch.ones(bsz, dtype=torch.long, device=device)  # committed tokens per sample
+            drafts = torch.zeros(bsz, max(slots, 1), dtype=torch.long, device=device)
+            q = torch.zeros(bsz, max(slots, 1), vocab, device=device)
+            kept = torch.zeros(bsz, dtype=torch.long, device=device)  # carried drafts per sample
+            while bool((n < total).any()):
+                size = self._window_lengths(n, total)  # [B]
+                active = (size > 0).nonzero()[:, 0]
+                t = int(size.max())
+                # one fixed block of uniforms per active sample: init | accept | sample
+                u = torch.zeros(bsz, 3 * slots + 1, device=device)
+                u[active] = rng.subset(active.tolist()).rand(3 * slots + 1).to(device)
+                u_init, u_acc, u_tok = u[:, :slots], u[:, slots:2 * slots], u[:, 2 * slots:]
+                last = tokens[rows, (n - 1).clamp(max=total - 1)]
+                if slots:
+                    self._top_up(drafts, q, kept, n, last, u_init, w, vocab)
+
+                # one forward over [last committed, drafts]; padded rows are cut off below
+                block = torch.cat([last[:, None], drafts[:, :t - 1]], dim=1)  # [B, t]
+                positions = ((n - 1)[:, None] + torch.arange(t, device=device)).clamp(max=total - 1)
+                if cfg:
+                    block, positions = block.repeat(2, 1), positions.repeat(2, 1)
+                logits = model.decode(block, positions)  # [B', t, V]
+                passes += 1
+                forwards += (size > 0).long().cpu()
+                done = ((n[:, None] + torch.arange(t, device=device)).clamp(max=total - 1))
+                p = self.logits.probs(logits, done, total)  # [B, t, V]; row j predicts n + j
+
+                # verify drafts in order; a = accepted prefix length per sample
+                ok = torch.zeros(bsz, 0, dtype=torch.bool, device=device)
+                if t > 1:
+                    ratio = self.acceptance(p[:, :t - 1], q[:, :t - 1], drafts[:, :t - 1])
+                    inside = torch.arange(t - 1, device=device) < (size - 1)[:, None]
+                    ok = (u_acc[:, :t - 1] < ratio) & inside
+                a = ok.long().cumprod(1).sum(1)  # [B]
+                rejected = a < size - 1
+                # the token after the accepted prefix: residual at a rejection, else the bonus
+                p_a = p[rows, a.clamp(max=t - 1)]
+                if t > 1:
+                    q_a = q[rows, a.clamp(max=t - 2)]
+                    p_a = torch.where(rejected[:, None], self.residual(p_a, q_a), p_a)
+                token = sample_from_probs(p_a, u_tok[rows, a])
+
+                # commit per sample (rows with size 0 are finished and stay untouched)
+                live = size > 0
+                for b in live.nonzero()[:, 0].tolist():
+                    nb, ab = int(n[b]), int(a[b])
+                    tokens[b, nb:nb + ab] = drafts[b, :ab]
+                    tokens[b, nb + ab] = token[b]
+                # carry the target samples made after the rejection as next drafts (q = their p)
+                if slots:
+                    y = sample_from_probs(p, u_tok[:, :t])  # [B, t]
+                    src = (a[:, None] + 1 + torch.arange(slots, device=device)).clamp(max=t - 1)
+                    carried = torch.where(rejected, size - 1 - a, torch.zeros_like(a))
+                    drafts = torch.where(live[:, None], y.gather(1, src), drafts)
+                    q = torch.where(live[:, None, None], p.gather(1, src[..., None].expand(-1, -1, vocab)), q)
+                    kept = torch.where(live, carried, kept)
+                accepted += torch.where(live, a, torch.zeros_like(a)).cpu()
+                n = n + torch.where(live, a + 1, torch.zeros_like(a))
+                lengths = base + n - 1
+                model.truncate_cache(lengths.repeat(2) if cfg else lengths)
+        finally:
+            model.clear_cache()
+        self.stats = {
+            "forward_passes": passes,
+            "per_sample_forward_passes": forwards.tolist(),
+            "per_sample_accepted_drafts": accepted.tolist(),
+            "mean_accepted_length": float((total / forwards.double()).mean()),  # tokens per forward
+        }
+        return tokens.view(-1, h, w)
+
+
+class GSDSampler(SJDSampler):
+    """Grouped speculative decoding: SJD whose acceptance uses a group C of tokens around the draft.
+
+    A draft x at a position with target p and draft q is accepted with probability
+    ``min(1, sum_C p / sum_C q)``. C is built dynamically per position: rank the vocabulary by p,
+    take ``group_size`` consecutive ranks around x's rank ``k`` (ranks ``[k - G//2, k - G//2 + G)``,
+    cut at the ends), and keep only tokens c with ``|p(c) - p(x)| < p_threshold`` and squared L2
+    embedding distance ``||e_c - e_x||^2 < dist_threshold`` (always including x). Rejection
+    resamples from ``norm(max(0, p - q))`` as SJD. GSD is lossy (the accepted token is x itself).
+
+    Paper vs released code: the paper takes G tokens around the draft, G/2 on each side, with
+    G = 25 (MS-COCO) or 50 (Parti-Prompts). The released code (``junhyukso/GSD``,
+    ``scheduler/jacobi_iteration_lumina_mgpt.py``) hard-codes the ascending-rank slice
+    ``[k - 7, k + 7)`` (7 lower-ranked tokens, x, 6 higher-ranked), p threshold 0.15 and squared L2
+    threshold 0.5 on the LM's input embedding table; that is ``group_size=14``, the default here.
+    Where the released slice would start below rank 0 it is empty (NaN ratio, rejection); here it
+    is cut at rank 0 instead. ``group_size=1`` is SJD exactly.
+
+    Args:
+        group_size: G, ranks considered around the draft (14 = released code; paper 25 or 50).
+        p_threshold: keep tokens whose target probability differs from the draft's by less.
+        dist_threshold: keep tokens whose squared L2 embedding distance to the draft is less.
+        codebook: ``[V, D]`` embeddings for the distance (default: the model's ``tok_embeddings``).
+        **options: the SJD options (window, init, warmup, tail, logits processing).
+    """
+
+    name = "gsd"
+
+    def __init__(self, group_size: int = 14, p_threshold: float = 0.15, dist_threshold: float = 0.5,
+                 codebook: Optional[torch.Tensor] = None, **options):
+        super().__init__(**options)
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        if p_threshold <= 0 or dist_threshold <= 0:
+            raise ValueError("p_threshold and dist_threshold must be > 0 (the draft is always in its group)")
+        if codebook is not None and codebook.dim() != 2:
+            raise ValueError(f"codebook must be [V, D] embeddings, got shape {tuple(codebook.shape)}")
+        self.group_size, self.p_threshold, self.dist_threshold = group_size, p_threshold, dist_threshold
+        self.codebook = codebook
+        self._embed: Optional[torch.Tensor] = None
+
+    def prepare(self, model) -> None:
+        table = self.codebook if self.codebook is not None else model.tok_embeddings.weight
+        if table.shape[0] < model.vocab_size:
+            raise ValueError(f"codebook has {table.shape[0]} rows for a vocabulary of {model.vocab_size}")
+        self._embed = table.detach().float().to(model.output.weight.device)
+
+    def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+        vocab = p.shape[-1]
+        order = p.argsort(dim=-1, stable=True)  # ascending target probability, [B, S, V]
+        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(vocab, device=p.device).expand_as(order))
+        k = rank.gather(-1, drafts[..., None])  # [B, S, 1]
+        ranks = k - self.group_size // 2 + torch.arange(self.group_size, device=p.device)  # [B, S, G]
+        inside = (ranks >= 0) & (ranks < vocab)
+        group = order.gather(-1, ranks.clamp(0, vocab - 1))  # [B, S, G] token ids
+        p_group, q_group = p.gather(-1, group), q.gather(-1, group)
+        p_draft = p.gather(-1, drafts[..., None])
+        dist = (self._embed[group] - self._embed[drafts][..., None, :]).pow(2).sum(-1)  # [B, S, G]
+        keep = inside & ((p_group - p_draft).abs() < self.p_threshold) & (dist < self.dist_threshold)
+        zero = torch.zeros((), device=p.device)
+        ratio = torch.where(keep, p_group, zero).sum(-1) / torch.where(keep, q_group, zero).sum(-1)
+        return ratio.clamp(max=1.0)
