@@ -44,7 +44,7 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 HUB_FILENAMES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
 FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 CONVERTED_NAME = "inception-2015-12-05-fid-helper-0.1.3.safetensors"
-RANDOM_SOURCE = "RANDOM WEIGHTS (not a real Inception; numbers are meaningless)"
+RANDOM_SOURCE = "RANDOM WEIGHTS (untrained network; numbers are meaningless)"
 FEATURE_DIM = 2048
 NUM_LOGITS = 1008
 
