@@ -1,0 +1,133 @@
+"""SJD / GSD: SJD is lossless w.r.t. raster sampling, GSD with a group of one is SJD, forward-pass
+counts never exceed raster decoding's, and batched samples equal the samples made one at a time."""
+from collections import Counter
+
+import pytest
+import torch
+from scipy.stats import chi2_contingency
+
+from vargen.models.llamagen import LlamaGen, LlamaGenConfig
+from vargen.samplers import GSDSampler, RasterSampler, SJDSampler, create_sampler
+from vargen.seeding import SampleRNG
+
+
+def peaked_llamagen(vocab: int, grid: int, seed: int = 0) -> LlamaGen:
+    """Random LlamaGen whose next-token distributions are far from uniform and context dependent."""
+    torch.manual_seed(seed)
+    model = LlamaGen(LlamaGenConfig(dim=32, n_layer=1, n_head=2, multiple_of=16, vocab_size=vocab,
+                                    num_classes=3, grid_size=grid, token_dropout_p=0.0,
+                                    resid_dropout_p=0.0, ffn_dropout_p=0.0)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    torch.nn.init.normal_(model.output.weight, std=0.7)
+    return model
+
+
+def homogeneity_pvalue(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Chi-square two-sample test on whole token sequences (rare sequences pooled into one bin)."""
+    ca, cb = Counter(map(tuple, a.flatten(1).tolist())), Counter(map(tuple, b.flatten(1).tolist()))
+    table, rare = [], [0, 0]
+    for seq in set(ca) | set(cb):
+        row = [ca.get(seq, 0), cb.get(seq, 0)]
+        if sum(row) >= 10:
+            table.append(row)
+        else:
+            rare = [rare[0] + row[0], rare[1] + row[1]]
+    table.append(rare)
+    return float(chi2_contingency(table)[1])
+
+
+class AcceptAlways(SJDSampler):
+    def acceptance(self, p, q, drafts):
+        return torch.ones(drafts.shape)
+
+
+class ResampleFromTarget(SJDSampler):
+    @staticmethod
+    def residual(p, q):
+        return p
+
+
+SAMPLES = 4000
+OPTIONS = dict(cfg_scale=1.5, top_k=3)
+
+
+@pytest.fixture(scope="module")
+def lossless_setup():
+    model = peaked_llamagen(vocab=4, grid=2)
+    labels = torch.ones(SAMPLES, dtype=torch.long)
+    raster = RasterSampler(**OPTIONS)(model, labels, SampleRNG(1, SAMPLES))
+    return model, labels, raster
+
+
+@pytest.mark.parametrize("init", ["random", "copy-previous"])
+def test_sjd_is_lossless(lossless_setup, init):
+    model, labels, raster = lossless_setup
+    sjd = SJDSampler(window=4, init=init, **OPTIONS)
+    tokens = sjd(model, labels, SampleRNG(2, SAMPLES))
+    assert sum(sjd.stats["per_sample_accepted_drafts"]) > SAMPLES // 2  # drafts really were used
+    assert homogeneity_pvalue(tokens, raster) > 1e-3
+
+
+@pytest.mark.parametrize("broken", [AcceptAlways, ResampleFromTarget])
+def test_broken_acceptance_rules_are_detected(lossless_setup, broken):
+    """The same statistic rejects SJD with a wrong rule: it has the power to catch a lossy loop."""
+    model, labels, raster = lossless_setup
+    tokens = broken(window=4, init="copy-previous", **OPTIONS)(model, labels, SampleRNG(2, SAMPLES))
+    assert homogeneity_pvalue(tokens, raster) < 1e-6
+
+
+@pytest.mark.parametrize("init", ["random", "copy-left"])
+def test_gsd_with_group_of_one_is_sjd(init):
+    model = peaked_llamagen(vocab=16, grid=4)
+    labels = torch.tensor([0, 1, 2, 0])
+    sjd = SJDSampler(window=5, init=init, cfg_scale=1.5)
+    gsd = GSDSampler(group_size=1, window=5, init=init, cfg_scale=1.5)
+    assert torch.equal(sjd(model, labels, SampleRNG(7, 4)), gsd(model, labels, SampleRNG(7, 4)))
+    assert sjd.stats == gsd.stats
+
+
+@pytest.mark.parametrize("name,opts", [("sjd", {}), ("sjd", {"init": "copy-left", "tail": 3}),
+                                       ("gsd", {"group_size": 50, "dist_threshold": 100.0})])
+def test_forward_passes_never_exceed_raster(name, opts):
+    model = peaked_llamagen(vocab=16, grid=4)
+    n = 16
+    sampler = create_sampler(name, window=6, **opts)
+    tokens = sampler(model, torch.arange(3), SampleRNG(0, 3))
+    stats = sampler.stats
+    assert tokens.shape == (3, 4, 4) and int(tokens.max()) < 16
+    assert stats["forward_passes"] == max(stats["per_sample_forward_passes"]) <= n
+    for forwards, drafts in zip(stats["per_sample_forward_passes"], stats["per_sample_accepted_drafts"]):
+        assert forwards + drafts == n  # every forward commits one token beyond its accepted drafts
+    assert stats["mean_accepted_length"] >= 1.0
+
+
+def test_window_of_one_is_plain_decoding_cost():
+    model = peaked_llamagen(vocab=16, grid=4)
+    sampler = SJDSampler(window=1)
+    sampler(model, torch.arange(2), SampleRNG(0, 2))
+    assert sampler.stats["forward_passes"] == 16
+
+
+@pytest.mark.parametrize("name,opts", [("sjd", {}), ("sjd", {"init": "copy-left"}),
+                                       ("gsd", {"dist_threshold": 100.0})])
+def test_batched_equals_one_at_a_time_with_cfg(name, opts):
+    model = peaked_llamagen(vocab=16, grid=4)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    sampler = create_sampler(name, window=6, cfg_scale=2.0, top_k=12, **opts)
+    batched = sampler(model, labels, SampleRNG(3, range(5)))
+    per_sample = sampler.stats["per_sample_forward_passes"]
+    assert len(set(per_sample)) > 1  # samples advanced by different amounts (ragged caches)
+    alone = torch.cat([sampler(model, labels[i:i + 1], SampleRNG(3, [i])) for i in range(5)])
+    assert torch.equal(batched, alone)
+
+
+def test_bad_options_raise_clear_errors():
+    with pytest.raises(ValueError, match="window"):
+        SJDSampler(window=0)
+    with pytest.raises(ValueError, match="init"):
+        SJDSampler(init="zeros")
+    with pytest.raises(ValueError, match="group_size"):
+        GSDSampler(group_size=0)
+    with pytest.raises(ValueError, match="codebook"):
+        GSDSampler(codebook=torch.zeros(4))
