@@ -73,6 +73,7 @@ def _ensure_builtin_models() -> None:
     # Importing the model packages runs their register_model calls.
     import vargen.models  # noqa: F401
     import vargen.tokenizers  # noqa: F401
+    import vargen.classifier  # noqa: F401
 
 
 def list_models(pattern: str = "*", kind: Optional[str] = None, pretrained: bool = False) -> List[str]:
