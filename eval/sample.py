@@ -1,0 +1,202 @@
+"""Distributed, resumable sample generation for FID (the ADM ``.npz`` protocol).
+
+    python -m vargen.eval.sample --model nar-mnist --num-samples 50000 --out runs/nar
+    torchrun --nproc_per_node 8 -m vargen.eval.sample --model ... --num-samples 50000 --out runs/nar
+
+Follows the DiT / LlamaGen ``sample_ddp.py`` and MAR ``evaluate`` pattern (torchrun, per-rank files,
+barrier, rank 0 writes ``arr_0`` uint8 NHWC) with three changes that make runs reproducible:
+labels are class-balanced by index (sample ``i`` has class ``i % num_classes``, MAR/xAR style);
+sample ``i`` draws its noise from ``(seed, i)`` (``Pipeline.generate(..., sample_offset=i0)``), so
+images do not depend on the number of processes or the batch size; and work is cut into shards
+written atomically, so a killed run resumes by skipping finished shards.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from vargen.eval.stats import load_npz, save_npz
+from vargen.hub import atomic_write
+from vargen.images import to_uint8
+
+MANIFEST = "manifest.json"
+
+
+def shard_path(out_dir: Path, index: int) -> Path:
+    return out_dir / f"shard-{index:06d}.npz"
+
+
+def class_balanced_labels(start: int, stop: int, num_classes: int) -> torch.Tensor:
+    return torch.arange(start, stop) % num_classes
+
+
+def _dist_info(rank: Optional[int], world_size: Optional[int]) -> tuple:
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _check_manifest(out_dir: Path, manifest: Dict[str, Any], rank: int) -> None:
+    path = out_dir / MANIFEST
+    if rank == 0 and not path.exists():
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True)))
+    _barrier()
+    saved = json.loads(path.read_text())
+    if saved != manifest:
+        diff = {k: (saved.get(k), manifest.get(k)) for k in set(saved) | set(manifest) if saved.get(k) != manifest.get(k)}
+        raise ValueError(f"{out_dir} holds shards of a different run (saved vs requested: {diff}); "
+                         "use another --out folder")
+
+
+def merge_shards(out_dir: Path, num_shards: int, out: Path) -> Path:
+    """Stream all shards into one ADM ``.npz`` (``arr_0`` uint8 NHWC, ``labels``) without holding
+    every image in memory: the ``.npy`` member is written header first, then shard by shard."""
+    first = load_npz(shard_path(out_dir, 0))["images"]
+    sizes = [int(np.load(shard_path(out_dir, j))["labels"].shape[0]) for j in range(num_shards)]
+    shape = (sum(sizes),) + first.shape[1:]
+
+    def write(tmp: str) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            labels = []
+            with z.open("arr_0.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                                         "fortran_order": False, "shape": shape})
+                for j in range(num_shards):
+                    shard = load_npz(shard_path(out_dir, j))
+                    images = shard["images"]
+                    if images.shape[1:] != shape[1:] or images.dtype != np.uint8:
+                        raise ValueError(f"shard {j} has images {images.dtype} {images.shape}, expected {shape[1:]}")
+                    f.write(np.ascontiguousarray(images).tobytes())
+                    labels.append(shard["labels"])
+            with z.open("labels.npy", "w") as f:
+                np.lib.format.write_array(f, np.concatenate(labels))
+    atomic_write(out, write)
+    return out
+
+
+def generate_samples(pipeline: Any, num_samples: int, out_dir: Union[str, Path], *, seed: int = 0,
+                     batch_size: int = 32, shard_size: int = 1000, num_classes: Optional[int] = None,
+                     sampler: Any = None, rank: Optional[int] = None, world_size: Optional[int] = None,
+                     max_shards: Optional[int] = None, progress: bool = True, out_name: str = "samples.npz",
+                     **sampling_options: Any) -> Optional[Path]:
+    """Generate ``num_samples`` class-balanced images of ``pipeline`` into ``out_dir`` and merge them.
+
+    Shard ``j`` holds samples ``[j * shard_size, (j + 1) * shard_size)`` and belongs to rank
+    ``j % world_size``; finished shards are skipped. ``max_shards`` stops this process after writing
+    that many shards (an interrupted run, for tests). Returns the merged ``.npz`` path on rank 0
+    once every shard exists, else None.
+    """
+    if num_samples <= 0 or shard_size <= 0 or batch_size <= 0:
+        raise ValueError(f"num_samples, shard_size and batch_size must be positive, got "
+                         f"{num_samples}, {shard_size}, {batch_size}")
+    num_classes = num_classes or getattr(pipeline.generator, "num_classes", None)
+    if not num_classes:
+        raise ValueError("cannot tell the number of classes from the pipeline; pass num_classes")
+    rank, world_size = _dist_info(rank, world_size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sampler_name = sampler if isinstance(sampler, str) or sampler is None else type(sampler).__name__
+    manifest = {"pipeline": getattr(pipeline, "name", ""), "num_samples": num_samples, "seed": seed,
+                "shard_size": shard_size, "num_classes": int(num_classes), "sampler": sampler_name,
+                "sampling_options": {k: v for k, v in sorted(sampling_options.items())}}
+    _check_manifest(out_dir, manifest, rank)
+
+    num_shards = -(-num_samples // shard_size)
+    mine = [j for j in range(rank, num_shards, world_size) if not shard_path(out_dir, j).exists()]
+    todo = sum(min(shard_size, num_samples - j * shard_size) for j in mine)
+    bar = tqdm(total=todo, desc=f"sampling {manifest['pipeline'] or 'pipeline'}", unit="img",
+               disable=not progress or rank != 0)
+    for written, j in enumerate(mine):
+        if max_shards is not None and written >= max_shards:
+            bar.close()
+            return None  # simulated interruption
+        start, stop = j * shard_size, min((j + 1) * shard_size, num_samples)
+        labels = class_balanced_labels(start, stop, num_classes)
+        images = pipeline.generate(labels, seed=seed, sample_offset=start, sampler=sampler,
+                                   batch_size=batch_size, **sampling_options)
+        save_npz(shard_path(out_dir, j), images=to_uint8(images).permute(0, 2, 3, 1).numpy(),
+                 labels=labels.numpy(), indices=np.arange(start, stop))
+        bar.update(stop - start)
+    bar.close()
+
+    _barrier()
+    if rank != 0:
+        return None
+    missing = [j for j in range(num_shards) if not shard_path(out_dir, j).exists()]
+    if missing:
+        # Another rank was interrupted; a rerun finishes its shards.
+        print(f"vargen.eval.sample: {len(missing)} shard(s) still missing (e.g. {missing[:5]}); rerun to resume")
+        return None
+    return merge_shards(out_dir, num_shards, out_dir / out_name)
+
+
+def init_distributed() -> tuple:
+    """(rank, world_size, device) under torchrun (gloo on CPU, nccl on GPU), or a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world_size, torch.device("cuda", local)
+    return rank, world_size, torch.device("cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vargen.eval.sample", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="pipeline name (vargen list)")
+    p.add_argument("--num-samples", type=int, required=True)
+    p.add_argument("--out", required=True, help="folder for shards and the merged samples.npz")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32, help="per-process batch")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per resumable shard")
+    p.add_argument("--num-classes", type=int, default=None, help="default: the generator's")
+    p.add_argument("--sampler", default=None, help="override the pipeline's sampler")
+    p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> Optional[Path]:
+    args = build_parser().parse_args(argv)
+    from vargen.pipeline import load_pipeline
+    rank, world_size, device = init_distributed()
+    try:
+        pipeline = load_pipeline(args.model, device=device)
+        options = {k: v for k, v in dict(cfg_scale=args.cfg_scale, temperature=args.temperature,
+                                         top_k=args.top_k, top_p=args.top_p).items() if v is not None}
+        out = generate_samples(pipeline, args.num_samples, args.out, seed=args.seed, batch_size=args.batch_size,
+                               shard_size=args.shard_size, num_classes=args.num_classes, sampler=args.sampler,
+                               rank=rank, world_size=world_size, progress=not args.no_progress, **options)
+        if out is not None:
+            print(f"wrote {out} ({args.num_samples} images)")
+        return out
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
