@@ -1,5 +1,11 @@
 """Generators. Importing this package registers every model family."""
 from . import llamagen  # noqa: F401
 from .llamagen import LlamaGen, LlamaGenConfig
+from . import xar  # noqa: F401
+from .xar import XAR, XARConfig
+from . import nar  # noqa: F401
+from .nar import NAR, NARConfig
+from . import nar_video  # noqa: F401
+from .nar_video import NARVideo, NARVideoConfig
 
-__all__ = ["LlamaGen", "LlamaGenConfig"]
+__all__ = ["LlamaGen", "LlamaGenConfig", "XAR", "XARConfig", "NAR", "NARConfig", "NARVideo", "NARVideoConfig"]
