@@ -97,8 +97,10 @@ class XARBlock(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, token_entity: torch.Tensor,
                 rope: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # x: [B, T, dim]; cond: [B, E, dim] one row per entity; token_entity: [T] index into E
-        mod = self.ada_lin(cond).view(cond.shape[0], cond.shape[1], 6, self.dim)[:, token_entity]
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = mod.unbind(2)  # each [B, T, dim]
+        mod = self.ada_lin(cond).view(cond.shape[0], cond.shape[1], 6, self.dim)
+        if cond.shape[1] > 1:  # one entity (a flow step) broadcasts without a gather
+            mod = mod[:, token_entity]
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = mod.unbind(2)  # each [B, T or 1, dim]
         x = x + self.attn(self.norm1(x) * (1 + scale1) + shift1, rope, mask) * gamma1
         return x + self.mlp(self.norm2(x) * (1 + scale2) + shift2) * gamma2
 
