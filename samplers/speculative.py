@@ -161,7 +161,7 @@ class SJDSampler(Sampler):
                 logits = model.decode(block, positions)  # [B', t, V]
                 passes += 1
                 forwards += (size > 0).long().cpu()
-                done = ((n[:, None] + torch.arange(t, device=device)).clamp(max=total - 1))
+                done = (n[:, None] + torch.arange(t, device=device)).clamp(max=total - 1)
                 p = self.logits.probs(logits, done, total)  # [B, t, V]; row j predicts n + j
 
                 # verify drafts in order; a = accepted prefix length per sample

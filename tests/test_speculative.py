@@ -131,3 +131,21 @@ def test_bad_options_raise_clear_errors():
         GSDSampler(group_size=0)
     with pytest.raises(ValueError, match="codebook"):
         GSDSampler(codebook=torch.zeros(4))
+
+
+def test_ragged_kv_cache_matches_separate_rows():
+    """Rows truncated to different lengths, then extended by one block, attend like separate caches."""
+    from vargen.nn.attention import Attention
+    torch.manual_seed(0)
+    attn = Attention(16, 2).eval()
+    x, block = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    attn.setup_cache(2, 10, "cpu", torch.float32)
+    attn(x)
+    attn.cache.truncate(torch.tensor([2, 4]))
+    ragged = attn(block)
+    for row, keep in enumerate([2, 4]):
+        attn.setup_cache(1, 10, "cpu", torch.float32)
+        attn(x[row:row + 1, :keep])
+        assert torch.allclose(attn(block[row:row + 1]), ragged[row:row + 1], atol=1e-6)
+    with pytest.raises(ValueError, match="truncate"):
+        attn.cache.truncate(torch.tensor([9]))

