@@ -314,7 +314,8 @@ def convert_xar_checkpoint(state: dict) -> dict:
         if key.endswith("_pos_embed_learned"):
             grid = math.isqrt(value.shape[1])
             if grid * grid != value.shape[1] or grid % 2:
-                raise ValueError(f"{key}: expected a square even grid of positions, got {value.shape[1]}")
+                raise ValueError(f"{key}: expected a square, even grid of positions, "
+                                 f"got {value.shape[1]}")
             order = make_partition("cell", (grid, grid), grid // 2).order
             value = value[:, torch.argsort(order)]
         key = key.replace("class_emb.", "cls_embedding.embedding_table.")
