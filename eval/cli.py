@@ -50,6 +50,8 @@ def _add_fid(sub):
     p.add_argument("--prc", action="store_true", help="precision / recall (k=3)")
     p.add_argument("--kid-subset-size", type=int, default=1000)
     p.add_argument("--max-features", type=int, default=50000, help="raw features kept per side for KID / PR")
+    p.add_argument("--fid-method", choices=("sqrtm", "eigvals"), default="sqrtm",
+                   help="trace term: scipy sqrtm (ADM, torch-fidelity<0.4) or eigenvalues (torch-fidelity 0.4, faster)")
     _add_inception_args(p)
 
     def run(args):
@@ -57,7 +59,7 @@ def _add_fid(sub):
         result = compute_metrics(args.samples, args.reference, isc=args.isc, kid=args.kid, prc=args.prc,
                                  weights=args.inception_weights, device=args.device, batch_size=args.batch_size,
                                  limit=args.limit, max_features=args.max_features,
-                                 kid_subset_size=args.kid_subset_size)
+                                 kid_subset_size=args.kid_subset_size, fid_method=args.fid_method)
         _print_table(f"{args.samples} vs {args.reference}", result)
         _write_json(args.json, result)
     p.set_defaults(run=run)

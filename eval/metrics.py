@@ -211,11 +211,15 @@ def compute_metrics(samples: ImageSource, reference: ImageSource, *, fid: bool =
     Raw features are kept only for KID / precision-recall, at most ``max_features`` per side.
     KID's subset size is lowered to the smaller set size when needed (recorded in the result).
     """
+    need_features = kid or prc
+    ref_stats = load_stats(reference) if isinstance(reference, (str, Path)) and str(reference).endswith(".npz") else None
+    if ref_stats is not None and need_features:
+        raise ValueError(f"{reference} holds only mu/sigma; KID and precision/recall need reference images "
+                         "(an arr_0 .npz, a folder or a dataset)")
     if extractor is None:
         extractor = InceptionFeatures(weights, allow_random=allow_random)
         if device is not None:
             extractor.to(device)
-    need_features = kid or prc
     keep = max_features if need_features else 0
     result: Dict[str, Any] = {**extractor.describe(), "protocol": PROTOCOL}
     if isc and not extractor.has_logits:
@@ -226,11 +230,7 @@ def compute_metrics(samples: ImageSource, reference: ImageSource, *, fid: bool =
         isc = False
     gen, gen_logits = extract(samples, extractor, keep, isc, batch_size, limit, desc="samples")
     result["num_samples"] = gen.n
-    ref_stats = load_stats(reference) if isinstance(reference, (str, Path)) and str(reference).endswith(".npz") else None
     if ref_stats is not None:
-        if need_features:
-            raise ValueError(f"{reference} holds only mu/sigma; KID and precision/recall need reference images "
-                             "(an arr_0 .npz, a folder or a dataset)")
         ref_mu, ref_sigma = ref_stats["mu"], ref_stats["sigma"]
         result["num_reference"] = "precomputed statistics"
     else:

