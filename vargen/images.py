@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Union
 
 import torch
-from torchvision.utils import save_image
 
 from vargen.hub import atomic_write
 
@@ -17,6 +16,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: int = 10) -> Path:
     """Write ``[B, 3, H, W]`` images in [-1, 1] as one grid image, atomically."""
+    from torchvision.utils import save_image  # lazy: torchvision costs seconds to import
     path = Path(path)
     fmt = path.suffix.lstrip(".") or "png"
     atomic_write(path, lambda tmp: save_image(images.float(), tmp, nrow=nrow, normalize=True,
