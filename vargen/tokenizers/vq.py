@@ -17,7 +17,7 @@ Official checkpoints (``vq_ds16_c2i.pt``, ``vq_ds8_c2i.pt`` on the Hub repo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -88,18 +88,21 @@ class VectorQuantizer(nn.Module):
         """``z [B, D, h, w]`` -> ``(z normalised [N, D], codes [N, D], ids [B, h, w], -distances [N, V])``."""
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # [N, D], N = B*h*w in raster order
-        codebook = self.codebook()
-        if self.l2_norm:
-            flat = F.normalize(flat, dim=-1)
-        # ||z - e||^2, expanded as the official code does (same argmin on ties)
-        dist = flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * flat @ codebook.t()
+        # The lookup runs in fp32 even under autocast, so ids do not depend on the precision.
+        with torch.autocast(z.device.type, enabled=False):
+            flat, codebook = flat.float(), self.codebook().float()
+            if self.l2_norm:
+                flat = F.normalize(flat, dim=-1)
+            # ||z - e||^2, expanded as the official code does (same argmin on ties)
+            dist = (flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)
+                    - 2 * flat @ codebook.t())
         ids = dist.argmin(1)
         return flat, codebook[ids], ids.view(b, h, w), -dist
 
-    def record_usage(self, ids: torch.Tensor) -> float:
+    def record_usage(self, ids: torch.Tensor) -> Optional[float]:
         """Push ``ids`` into the usage window; the fraction of the codebook seen in it."""
         if not hasattr(self, "codebook_used"):
-            return float("nan")
+            return None
         ids = ids.flatten()[-CODEBOOK_USAGE_WINDOW:].to(self.codebook_used.dtype)
         self.codebook_used.copy_(torch.cat([self.codebook_used[len(ids):], ids]))
         return self.codebook_used.unique().numel() / self.embedding.num_embeddings
@@ -193,7 +196,9 @@ class VQTokenizer(Tokenizer):
             logs["entropy_loss"] = ent.item()
         if self.training:
             with torch.no_grad():
-                logs["codebook_usage"] = self.quantize.record_usage(ids)
+                usage = self.quantize.record_usage(ids)
+            if usage is not None:
+                logs["codebook_usage"] = usage
         logs["loss"] = total.item()
         return total, logs
 
