@@ -84,10 +84,13 @@ class VectorQuantizer(nn.Module):
         w = self.embedding.weight
         return F.normalize(w, dim=-1) if self.l2_norm else w
 
-    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``z [B, D, h, w]`` -> ``(z normalised [N, D], codes [N, D], ids [B, h, w], -distances [N, V])``."""
+    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """``z [B, D, h, w]`` -> ``(z [N, D], codes [N, D], ids [B, h, w], -distances [N, V])``.
+
+        ``z`` and ``codes`` are l2-normalised when the codebook is; N = B*h*w in raster order.
+        """
         b, d, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # [N, D], N = B*h*w in raster order
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # [N, D]
         # The lookup runs in fp32 even under autocast, so ids do not depend on the precision.
         with torch.autocast(z.device.type, enabled=False):
             flat, codebook = flat.float(), self.codebook().float()
