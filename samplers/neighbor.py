@@ -48,7 +48,7 @@ class NeighborSampler(Sampler):
             uniform = rng.rand(logits.shape[1]).to(probs.device)  # [B, M]
             return sample_from_probs(probs, uniform)
 
-        tokens = self.decode(model, labels, choose)
+        tokens = self.run(model, labels, choose)
         return tokens.view(-1, *model.token_shape)
 
     @torch.no_grad()
@@ -64,10 +64,10 @@ class NeighborSampler(Sampler):
             out[:, targets] = logits
             return tokens[:, targets]
 
-        self.decode(model, torch.as_tensor(labels).long().to(tokens.device), choose)
+        self.run(model, torch.as_tensor(labels).long().to(tokens.device), choose)
         return out
 
-    def decode(self, model, labels: torch.Tensor, choose: Chooser) -> torch.Tensor:
+    def run(self, model, labels: torch.Tensor, choose: Chooser) -> torch.Tensor:
         """The diagonal loop; ``choose`` turns each step's guided logits into ids. ``[B, N]``."""
         device = next(model.parameters()).device
         labels = labels.to(device)
