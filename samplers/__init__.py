@@ -1,16 +1,30 @@
-"""Sampling loops. Each is a class with one call signature: ``sampler(model, labels, rng)``."""
+"""Sampling loops. Each is a class with one call signature: ``sampler(model, labels, rng)``.
+
+    raster    one token per forward pass with a KV cache (LlamaGen)
+    sjd       speculative Jacobi decoding, lossless (any raster model)
+    gsd       grouped speculative decoding (any raster model)
+    neighbor  NAR's diagonal-by-diagonal decoding (2n-1 passes)
+    flow      Euler-Maruyama SDE / Euler / Heun over continuous entities (xAR)
+"""
 from typing import Dict, Type
 
 from .base import Sampler
+from .flow import FlowSampler
 from .logits import LogitsProcessor, cfg_labels
+from .neighbor import NeighborSampler
 from .raster import RasterSampler
+from .speculative import GSDSampler, SJDSampler
 
-SAMPLERS: Dict[str, Type[Sampler]] = {"raster": RasterSampler}
+SAMPLERS: Dict[str, Type[Sampler]] = {}
 
 
 def register_sampler(cls: Type[Sampler]) -> Type[Sampler]:
     SAMPLERS[cls.name] = cls
     return cls
+
+
+for _cls in (RasterSampler, SJDSampler, GSDSampler, NeighborSampler, FlowSampler):
+    register_sampler(_cls)
 
 
 def create_sampler(name: str, **options) -> Sampler:
@@ -19,21 +33,5 @@ def create_sampler(name: str, **options) -> Sampler:
     return SAMPLERS[name](**options)
 
 
-__all__ = ["Sampler", "LogitsProcessor", "cfg_labels", "RasterSampler", "SAMPLERS",
-           "register_sampler", "create_sampler"]
-
-from .speculative import GSDSampler, SJDSampler  # noqa: E402
-
-register_sampler(SJDSampler)
-register_sampler(GSDSampler)
-__all__ += ["SJDSampler", "GSDSampler"]
-
-from .neighbor import NeighborSampler  # noqa: E402
-
-register_sampler(NeighborSampler)
-__all__ += ["NeighborSampler"]
-
-from .flow import FlowSampler  # noqa: E402
-
-register_sampler(FlowSampler)
-__all__ += ["FlowSampler"]
+__all__ = ["Sampler", "LogitsProcessor", "cfg_labels", "RasterSampler", "SJDSampler", "GSDSampler",
+           "NeighborSampler", "FlowSampler", "SAMPLERS", "register_sampler", "create_sampler"]
