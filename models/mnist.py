@@ -8,7 +8,6 @@ cells (4 AR steps). Sizes are chosen so all of ``weights/`` stays well under 40 
 """
 from __future__ import annotations
 
-from vargen.pipeline import register_pipeline
 from vargen.registry import register_model
 from vargen.tokenizers import KLConfig, KLTokenizer, VQConfig, VQTokenizer
 
@@ -32,10 +31,3 @@ register_model("nar-mnist", NAR, NARConfig(**_TRUNK))
 register_model("xar-mnist", XAR, XARConfig(
     dim=128, encoder_depth=3, decoder_depth=3, n_head=4, latent_channels=4, grid_size=GRID,
     num_classes=10, entity_kind="cell", entity_size=4))
-
-register_pipeline("llamagen-mnist", tokenizer="vq-mnist", generator="llamagen-mnist",
-                  sampler="raster", cfg_scale=2.0)
-register_pipeline("nar-mnist", tokenizer="vq-mnist", generator="nar-mnist",
-                  sampler="neighbor", cfg_scale=2.0)
-register_pipeline("xar-mnist", tokenizer="kl-mnist", generator="xar-mnist",
-                  sampler="flow", cfg_scale=2.0, num_steps=40)

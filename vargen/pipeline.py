@@ -102,8 +102,11 @@ class Pipeline:
         return torch.cat(out)
 
 
-def load_pipeline(name: str, pretrained: bool = True, device: Union[str, torch.device] = "cpu") -> Pipeline:
+def load_pipeline(name: str, pretrained: bool = True, device: Union[str, torch.device] = "cpu",
+                  tokenizer_weights: Any = None, generator_weights: Any = None) -> Pipeline:
+    """Build pipeline ``name``: registered weights by default (``pretrained=False``: random
+    init), or explicit ``*_weights`` (a folder, Hub repo id or official checkpoint file)."""
     spec = get_pipeline_spec(name)
-    tokenizer = create_model(spec.tokenizer, pretrained=pretrained)
-    generator = create_model(spec.generator, pretrained=pretrained)
+    tokenizer = create_model(spec.tokenizer, pretrained=tokenizer_weights or pretrained)
+    generator = create_model(spec.generator, pretrained=generator_weights or pretrained)
     return Pipeline(tokenizer, generator, spec.sampler, spec.sampler_options, name).to(device)

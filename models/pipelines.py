@@ -1,0 +1,27 @@
+"""Named pipelines: which tokenizer, generator and default sampler settings go together.
+
+Official ImageNet-256 pipelines use the sampling settings of each paper's FID runs (LlamaGen
+README: cfg 2.0 for B/L, 1.75 XL/XXL, 1.65 3B; NAR: cfg 2.0; xAR: 40 SDE steps, cfg 2.7 for B).
+``mar-kl16`` has no Hub weights (MAR ships ``kl16.ckpt`` on Dropbox), so ``xar-*`` pipelines need
+``load_pipeline("xar-b", tokenizer_weights="kl16.ckpt")``.
+"""
+from vargen.pipeline import register_pipeline
+
+for _size, _cfg in (("b", 2.0), ("l", 2.0), ("xl", 1.75), ("xxl", 1.75), ("3b", 1.65)):
+    _vq = "llamagen-vq16"
+    register_pipeline(f"llamagen-{_size}", tokenizer=_vq, generator=f"llamagen-{_size}",
+                      sampler="raster", cfg_scale=_cfg)
+for _size in ("b", "m", "l", "xl", "xxl"):
+    register_pipeline(f"nar-{_size}", tokenizer="llamagen-vq16", generator=f"nar-{_size}",
+                      sampler="neighbor", cfg_scale=2.0)
+for _size, _cfg, _steps in (("b", 2.7, 40), ("l", 2.3, 50), ("h", 2.2, 50)):
+    register_pipeline(f"xar-{_size}", tokenizer="mar-kl16", generator=f"xar-{_size}",
+                      sampler="flow", cfg_scale=_cfg, num_steps=_steps)
+
+# The models shipped in weights/ (models/mnist.py).
+register_pipeline("llamagen-mnist", tokenizer="vq-mnist", generator="llamagen-mnist",
+                  sampler="raster", cfg_scale=2.0)
+register_pipeline("nar-mnist", tokenizer="vq-mnist", generator="nar-mnist",
+                  sampler="neighbor", cfg_scale=2.0)
+register_pipeline("xar-mnist", tokenizer="kl-mnist", generator="xar-mnist",
+                  sampler="flow", cfg_scale=2.0, num_steps=40)
