@@ -208,10 +208,15 @@ def test_generator_without_tokens_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.skipif("llamagen-vq-tiny" not in vargen.list_models(), reason="no tiny VQ yet")
-def test_tokenizer_trains_on_images(tmp_path):
-    result = train(TrainConfig(model="llamagen-vq-tiny", out=str(tmp_path), steps=2, batch_size=4,
-                               progress=False))
-    assert result["steps"] == 2 and (tmp_path / "final" / "model.safetensors").exists()
+def test_generator_trains_on_tokens_of_a_trained_tokenizer(tmp_path):
+    base = ["--batch-size", "4", "--steps", "2", "--split", "heldout", "--no-progress"]
+    assert cli_main(["train", "--model", "llamagen-vq-tiny", *base, "--out", str(tmp_path / "vq")]) == 0
+    assert cli_main(["train", "--model", "llamagen-tiny", *base, "--tokenizer", str(tmp_path / "vq" / "final"),
+                     "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "gen")]) == 0
+    (cached,) = (tmp_path / "cache").iterdir()
+    assert cache.load_token_file(cached)["tokens"].shape == (1000, 4, 4)
+    card = (tmp_path / "gen" / "final" / "README.md").read_text()
+    assert "--split heldout" in card and "tokens from" in card
 
 
 def test_digit_classifier_api():

@@ -129,4 +129,7 @@ def train_classifier(out: Union[str, Path], steps: int = 1500, batch_size: int =
                              batch_size=batch_size, lr=lr, seed=seed, out=str(out), **options))
 
 
-register_model("digit-classifier", DigitClassifier, DigitClassifierConfig())
+register_model("digit-classifier", DigitClassifier, DigitClassifierConfig(), weights=Weights(
+    local="digit-classifier",
+    sha256="1cf760816b342bf741007db04e89d475704859ee057f9d811f38563fb91b43e2",
+    metrics={"mnist_heldout_accuracy": 0.983}, source="trained with vargen train (see its README)"))

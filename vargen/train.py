@@ -38,6 +38,7 @@ import fnmatch
 import json
 import math
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,7 +251,10 @@ def _device_name(device: torch.device, world_size: int) -> str:
 def command_line(cfg: TrainConfig) -> str:
     """The ``vargen train`` command that reproduces ``cfg``."""
     parts = ["vargen train", f"--model {cfg.model}", f"--data {cfg.data}"]
-    parts += [f"--override {k}={v!r}".replace(" ", "") for k, v in cfg.overrides.items()]
+    defaults = TrainConfig(model="", out="")
+    parts += [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("split", "image_size")
+              if getattr(cfg, name) != getattr(defaults, name)]
+    parts += [f"--override {shlex.quote(f'{k}={v!r}'.replace(' ', ''))}" for k, v in cfg.overrides.items()]
     if cfg.tokenizer:
         parts.append(f"--tokenizer {cfg.tokenizer}")
     parts += [f"--steps {cfg.steps}", f"--batch-size {cfg.batch_size}", f"--lr {cfg.lr:g}",
