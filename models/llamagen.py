@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vargen.hub import VargenModule
+from .base import Generator
 from vargen.registry import Weights, register_model
 from vargen.nn import LabelEmbedder, RMSNorm, rope_2d, swiglu_hidden_dim
 from vargen.nn.transformer import TransformerBlock
@@ -53,7 +53,7 @@ class LlamaGenConfig:
         return self.grid_size ** 2
 
 
-class LlamaGen(VargenModule):
+class LlamaGen(Generator):
     config_class = LlamaGenConfig
     default_sampler = "raster"
     is_discrete = True
@@ -88,18 +88,6 @@ class LlamaGen(VargenModule):
         nn.init.zeros_(self.output.weight)
 
     # ----------------------------------------------------------------------------- helpers
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def null_class(self) -> int:
-        return self.config.num_classes
-
     @property
     def grid_shape(self) -> tuple:
         return (self.config.grid_size, self.config.grid_size)

@@ -21,9 +21,9 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from vargen.hub import VargenModule
 from vargen.nn import LabelEmbedder, RMSNorm, swiglu_hidden_dim
 from vargen.nn.transformer import TransformerBlock
+from .base import Generator
 from vargen.registry import register_model
 
 from .nar import NeighborHeads, Offsets
@@ -59,7 +59,7 @@ class NARVideoConfig:
         return t * h * w
 
 
-class NARVideo(NeighborHeads, VargenModule):
+class NARVideo(NeighborHeads, Generator):
     config_class = NARVideoConfig
     default_sampler = "neighbor"
     is_discrete = True
@@ -90,18 +90,6 @@ class NARVideo(NeighborHeads, VargenModule):
             nn.init.zeros_(getattr(self, f"output_{tag}").weight)
 
     # ----------------------------------------------------------------------------- helpers
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def null_class(self) -> int:
-        return self.config.num_classes
-
     @property
     def token_shape(self) -> tuple:
         """Shape of one sample's tokens: ``(T, H, W)`` ids."""

@@ -37,8 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import SwiGLU
 
-from vargen.hub import VargenModule
 from vargen.nn import Attention, LabelEmbedder, RMSNorm, rope_2d
+from .base import Generator
 from vargen.registry import Weights, register_model
 
 from .entities import EntityPartition, entity_causal_mask, make_partition
@@ -105,7 +105,7 @@ class XARBlock(nn.Module):
         return x + self.mlp(self.norm2(x) * (1 + scale2) + shift2) * gamma2
 
 
-class XAR(VargenModule):
+class XAR(Generator):
     config_class = XARConfig
     default_sampler = "flow"
     is_discrete = False
@@ -152,14 +152,6 @@ class XAR(VargenModule):
             nn.init.normal_(p, std=0.02)
 
     # ----------------------------------------------------------------------------- helpers
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def null_class(self) -> int:
-        return self.config.num_classes
-
     @property
     def latent_channels(self) -> int:
         return self.config.latent_channels

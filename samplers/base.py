@@ -12,6 +12,8 @@ import torch
 
 from vargen.seeding import SampleRNG
 
+from .logits import LogitsProcessor
+
 
 class Sampler:
     name = "base"
@@ -31,3 +33,12 @@ class Sampler:
         if len(rng) != labels.shape[0]:
             raise ValueError(f"{len(rng)} per-sample generators for {labels.shape[0]} labels")
         return labels.long()
+
+
+class DiscreteSampler(Sampler):
+    """A sampler over token ids: holds the shared logits processing (CFG, temperature, top-k/p)."""
+
+    def __init__(self, cfg_scale: float = 1.0, cfg_schedule: str = "constant", cfg_interval: int = -1,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+        super().__init__()
+        self.logits = LogitsProcessor(cfg_scale, cfg_schedule, cfg_interval, temperature, top_k, top_p)

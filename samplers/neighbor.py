@@ -23,20 +23,15 @@ import torch
 
 from vargen.seeding import SampleRNG, sample_from_probs
 
-from .base import Sampler
-from .logits import LogitsProcessor, cfg_labels
+from .base import DiscreteSampler
+from .logits import cfg_labels
 
 # choose(logits [B, M, V] guided, step index) -> ids [B, M]
 Chooser = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-class NeighborSampler(Sampler):
+class NeighborSampler(DiscreteSampler):
     name = "neighbor"
-
-    def __init__(self, cfg_scale: float = 1.0, cfg_schedule: str = "constant", cfg_interval: int = -1,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
-        super().__init__()
-        self.logits = LogitsProcessor(cfg_scale, cfg_schedule, cfg_interval, temperature, top_k, top_p)
 
     @torch.no_grad()
     def __call__(self, model, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:

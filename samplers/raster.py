@@ -8,17 +8,12 @@ import torch
 
 from vargen.seeding import SampleRNG, sample_from_probs
 
-from .base import Sampler
-from .logits import LogitsProcessor, cfg_labels
+from .base import DiscreteSampler
+from .logits import cfg_labels
 
 
-class RasterSampler(Sampler):
+class RasterSampler(DiscreteSampler):
     name = "raster"
-
-    def __init__(self, cfg_scale: float = 1.0, cfg_schedule: str = "constant", cfg_interval: int = -1,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
-        super().__init__()
-        self.logits = LogitsProcessor(cfg_scale, cfg_schedule, cfg_interval, temperature, top_k, top_p)
 
     @torch.no_grad()
     def __call__(self, model, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:

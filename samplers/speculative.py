@@ -43,13 +43,13 @@ import torch
 
 from vargen.seeding import SampleRNG, sample_from_probs
 
-from .base import Sampler
-from .logits import LogitsProcessor, cfg_labels
+from .base import DiscreteSampler
+from .logits import cfg_labels
 
 DRAFT_INITS = ("random", "copy-left", "copy-previous")
 
 
-class SJDSampler(Sampler):
+class SJDSampler(DiscreteSampler):
     """Speculative Jacobi decoding.
 
     Args:
@@ -67,9 +67,8 @@ class SJDSampler(Sampler):
     name = "sjd"
 
     def __init__(self, window: int = 16, init: str = "random", warmup: int = 1, tail: int = 0,
-                 cfg_scale: float = 1.0, cfg_schedule: str = "constant", cfg_interval: int = -1,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
-        super().__init__()
+                 **logits_options):
+        super().__init__(**logits_options)
         if window < 1:
             raise ValueError(f"window must be >= 1 token, got {window}")
         if init not in DRAFT_INITS:
@@ -77,7 +76,6 @@ class SJDSampler(Sampler):
         if warmup < 1 or tail < 0:
             raise ValueError(f"need warmup >= 1 (the prefill's token) and tail >= 0, got {warmup}, {tail}")
         self.window, self.init, self.warmup, self.tail = window, init, warmup, tail
-        self.logits = LogitsProcessor(cfg_scale, cfg_schedule, cfg_interval, temperature, top_k, top_p)
 
     # --------------------------------------------------------------------- the rules (overridable)
     def prepare(self, model) -> None:

@@ -54,3 +54,13 @@ def test_tokenizer_forward_backward_round_trip(name):
         assert tuple(tokens.shape) == (2, 4, 4) and tokens.max() < model.vocab_size
     else:
         assert tuple(tokens.shape) == (2, model.latent_channels, 4, 4)
+
+
+@pytest.mark.parametrize("name", [n for n in TINY if vargen.get_entry(n).kind == "classifier"])
+def test_classifier_forward_backward(name):
+    model = vargen.create_model(name)
+    images, labels = torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 3])
+    loss = model.loss(images, labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.eval().predict(images).shape == (4,)

@@ -133,3 +133,4 @@ register_model("digit-classifier", DigitClassifier, DigitClassifierConfig(), wei
     local="digit-classifier",
     sha256="1cf760816b342bf741007db04e89d475704859ee057f9d811f38563fb91b43e2",
     metrics={"mnist_heldout_accuracy": 0.983}, source="trained with vargen train (see its README)"))
+register_model("digit-classifier-tiny", DigitClassifier, DigitClassifierConfig(widths=(8, 8, 8)))

