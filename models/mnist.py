@@ -8,7 +8,7 @@ cells (4 AR steps). Sizes are chosen so all of ``weights/`` stays well under 40 
 """
 from __future__ import annotations
 
-from vargen.registry import register_model
+from vargen.registry import Weights, register_model
 from vargen.tokenizers import KLConfig, KLTokenizer, VQConfig, VQTokenizer
 
 from .llamagen import LlamaGen, LlamaGenConfig
@@ -20,14 +20,27 @@ CODEBOOK = 256
 _TRUNK = dict(dim=128, n_layer=6, n_head=4, multiple_of=64, vocab_size=CODEBOOK, num_classes=10,
               grid_size=GRID)
 
-register_model("vq-mnist", VQTokenizer, VQConfig(
+# sha256 of each shipped model.safetensors; tests/test_shipped.py fails if a file changes.
+SHIPPED_SHA256 = {
+    "vq-mnist": "c73e8eb4442ff46a048dc3b9474a61dbe26fd7d72255e5f1d380d05b74270de3",
+    "kl-mnist": "5fd2d48483a436f2780e77c65e83213e8295a422fdf69d71155a08226d9afe64",
+}
+
+
+def _shipped(name: str):
+    if name not in SHIPPED_SHA256:
+        return None
+    return Weights(local=name, sha256=SHIPPED_SHA256[name], source="weights/" + name + "/README.md")
+
+
+register_model("vq-mnist", VQTokenizer, weights=_shipped("vq-mnist"), config=VQConfig(
     codebook_size=CODEBOOK, codebook_embed_dim=8, ch=32, ch_mult=(1, 2, 2), z_channels=64,
     num_res_blocks=1))
-register_model("kl-mnist", KLTokenizer, KLConfig(
+register_model("kl-mnist", KLTokenizer, weights=_shipped("kl-mnist"), config=KLConfig(
     embed_dim=4, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, encoder_attn_levels=(2,),
-    scale_factor=1.0))
-register_model("llamagen-mnist", LlamaGen, LlamaGenConfig(**_TRUNK))
-register_model("nar-mnist", NAR, NARConfig(**_TRUNK))
-register_model("xar-mnist", XAR, XARConfig(
+    scale_factor=0.394))  # 1 / std of the train-split latents (MAR: "normalize the std to 1")
+register_model("llamagen-mnist", LlamaGen, weights=_shipped("llamagen-mnist"), config=LlamaGenConfig(**_TRUNK))
+register_model("nar-mnist", NAR, weights=_shipped("nar-mnist"), config=NARConfig(**_TRUNK))
+register_model("xar-mnist", XAR, weights=_shipped("xar-mnist"), config=XARConfig(
     dim=128, encoder_depth=3, decoder_depth=3, n_head=4, latent_channels=4, grid_size=GRID,
     num_classes=10, entity_kind="cell", entity_size=4))
