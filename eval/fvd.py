@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from vargen.eval.inception import RANDOM_SOURCE, announce_random
 from vargen.eval.metrics import frechet_distance
 from vargen.eval.stats import FeatureStats, load_npz, load_stats
-from vargen.hub import WeightsError, load_official_checkpoint
+from vargen.hub import WeightsError, load_official_checkpoint, load_state_dict_strict
 
 # Protocols as used by the papers (n generated = n real clips).
 FVD_PRESETS: Dict[str, Dict[str, int]] = {
@@ -183,7 +183,10 @@ class I3DFeatures(nn.Module):
                 raise WeightsError(f"{path} is not a pytorch-i3d layout state dict: {e}") from e
             return
         script = _load_torchscript(path)
-        self.net.load_state_dict(convert_torchscript_i3d(script, self.net), strict=False)
+        state = convert_torchscript_i3d(script, self.net)
+        # BatchNorm step counters are not weights; keep ours so loading stays strict.
+        state.update({k: v for k, v in self.net.state_dict().items() if k.endswith("num_batches_tracked")})
+        load_state_dict_strict(self.net, state, source=path)
         clip = torch.rand(1, 3, 16, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
         with torch.no_grad():
             ours = self.net(clip)

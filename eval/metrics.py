@@ -243,6 +243,9 @@ def compute_metrics(samples: ImageSource, reference: ImageSource, *, fid: bool =
         result["inception_score"], result["inception_score_std"] = inception_score(gen_logits, isc_splits)
     if kid:
         size = min(kid_subset_size, len(gen.features), len(ref.features))
+        if size < 2:
+            raise ValueError(f"KID needs at least 2 images per set, got {len(gen.features)} generated "
+                             f"and {len(ref.features)} reference")
         result["kid"], result["kid_std"] = kernel_distance(gen.features, ref.features, kid_subsets, size)
         result["kid_subset_size"] = size
     if prc:

@@ -14,6 +14,7 @@ class Generator(VargenModule):
 
     kind = "generator"
     default_sampler: str = "raster"
+    samplers: tuple = ("raster",)  # the vargen.samplers names that can drive this model
     is_discrete: bool = True
 
     @property
@@ -27,5 +28,5 @@ class Generator(VargenModule):
     @property
     def vocab_size(self) -> int:
         if not self.is_discrete:
-            raise AttributeError(f"{type(self).__name__} generates continuous tokens; it has no vocab_size")
+            raise TypeError(f"{type(self).__name__} generates continuous tokens; it has no vocab_size")
         return self.config.vocab_size

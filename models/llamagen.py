@@ -56,6 +56,7 @@ class LlamaGenConfig:
 class LlamaGen(Generator):
     config_class = LlamaGenConfig
     default_sampler = "raster"
+    samplers = ("raster", "sjd", "gsd")
     is_discrete = True
 
     def __init__(self, config: LlamaGenConfig):
@@ -69,7 +70,8 @@ class LlamaGen(Generator):
         self.layers = nn.ModuleList([self._block(ffn_hidden, dp) for dp in drop_path])
         self.norm = RMSNorm(c.dim, c.norm_eps)
         self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
-        # Not a buffer: the official checkpoints carry no RoPE table.
+        # A plain float32 tensor, not a buffer: model.half() must not round the rotation table
+        # (LlamaGen rotates in float32); setup_cache moves it to the model's device.
         self.rope = rope_2d(c.grid_size, c.dim // c.n_head, c.rope_base, c.cls_token_num)
         self.initialize_weights()
 
@@ -153,6 +155,7 @@ class LlamaGen(Generator):
                     device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
         """Allocate KV caches for ``batch_size`` rows (2B under CFG) and ``max_len`` entries."""
         p = self.output.weight
+        self.rope = self.rope.to(device or p.device)
         max_len = max_len or self.config.cls_token_num + self.config.block_size
         for block in self.blocks_with_cache():
             block.attention.setup_cache(batch_size, max_len, device or p.device, dtype or p.dtype)

@@ -229,6 +229,7 @@ class NAR(NeighborHeads, LlamaGen):
 
     config_class = NARConfig
     default_sampler = "neighbor"
+    samplers = ("neighbor",)  # decode() returns per-head logits: raster/SJD loops do not apply
     neighbor_offsets: Offsets = ((0, 1), (1, 0))  # right, below
 
     def __init__(self, config: NARConfig):

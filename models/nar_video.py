@@ -62,6 +62,7 @@ class NARVideoConfig:
 class NARVideo(NeighborHeads, Generator):
     config_class = NARVideoConfig
     default_sampler = "neighbor"
+    samplers = ("neighbor",)
     is_discrete = True
     neighbor_offsets: Offsets = ((0, 0, 1), (0, 1, 0), (1, 0, 0))  # right (w), down (h), back (t)
 

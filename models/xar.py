@@ -108,6 +108,7 @@ class XARBlock(nn.Module):
 class XAR(Generator):
     config_class = XARConfig
     default_sampler = "flow"
+    samplers = ("flow",)
     is_discrete = False
 
     def __init__(self, config: XARConfig):

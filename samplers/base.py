@@ -24,8 +24,12 @@ class Sampler:
     def __call__(self, model: torch.nn.Module, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
         raise NotImplementedError
 
-    @staticmethod
-    def check_labels(model: torch.nn.Module, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+    def check_labels(self, model: torch.nn.Module, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+        """Check that this sampler can drive ``model`` and that ``labels``/``rng`` fit; ``[B]`` long."""
+        supported = getattr(model, "samplers", None)  # None: a duck-typed model (e.g. in tests)
+        if supported is not None and self.name not in supported:
+            raise TypeError(f"the {self.name!r} sampler cannot drive {type(model).__name__}; "
+                            f"it supports {list(supported)}")
         labels = torch.as_tensor(labels)
         if labels.dim() != 1:
             raise ValueError(f"class labels must be a 1-D tensor [B], got shape {tuple(labels.shape)}")

@@ -17,7 +17,7 @@ CFG_SCHEDULES = ("constant", "linear")
 class LogitsProcessor:
     cfg_scale: float = 1.0
     cfg_schedule: str = "constant"
-    cfg_interval: int = -1  # LlamaGen: switch CFG off from this many generated tokens on (-1: never)
+    cfg_interval: int = -1  # LlamaGen: tokens 0..cfg_interval+1 are guided, later ones not (-1: all)
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -38,10 +38,11 @@ class LogitsProcessor:
         return self.cfg_scale != 1.0
 
     def guidance(self, done: int, total: int) -> float:
-        """CFG scale after ``done`` of ``total`` tokens are generated."""
-        if 0 <= self.cfg_interval <= done:
+        """CFG scale for the token (or AR step) with index ``done`` of ``total``."""
+        if 0 <= self.cfg_interval and done > self.cfg_interval + 1:
+            # LlamaGen's generate: the prefill's token and decode steps i <= cfg_interval are guided.
             return 1.0
-        if self.cfg_schedule == "linear":
+        if self.cfg_schedule == "linear" and total > 1:
             return 1.0 + (self.cfg_scale - 1.0) * done / max(total - 1, 1)
         return self.cfg_scale
 

@@ -112,7 +112,11 @@ def test_logits_processor_filters_and_guides():
     torch.testing.assert_close(proc.combine(torch.cat([cond, uncond])), torch.tensor([[4.0, -2.0]]))
     linear = LogitsProcessor(cfg_scale=3.0, cfg_schedule="linear")
     assert linear.guidance(0, 5) == 1.0 and linear.guidance(4, 5) == 3.0
-    assert LogitsProcessor(cfg_scale=3.0, cfg_interval=2).guidance(2, 5) == 1.0
+    # LlamaGen's generate guides the prefill's token and decode steps i <= cfg_interval (token i+1).
+    interval = LogitsProcessor(cfg_scale=3.0, cfg_interval=2)
+    assert [interval.guidance(t, 8) for t in range(6)] == [3.0, 3.0, 3.0, 3.0, 1.0, 1.0]
+    assert LogitsProcessor(cfg_scale=3.0, cfg_schedule="linear").guidance(0, 1) == 3.0  # one AR step
+
     with pytest.raises(ValueError, match="top_p"):
         LogitsProcessor(top_p=0.0)
 

@@ -116,9 +116,10 @@ def test_cfg_scale_one_equals_no_cfg():
     labels = torch.tensor([2, 5])
     plain = NeighborSampler(top_k=8)(model, labels, SampleRNG(1, 2))
     assert torch.equal(plain, NeighborSampler(cfg_scale=1.0, top_k=8)(model, labels, SampleRNG(1, 2)))
-    # cfg_interval 0 switches guidance off from the first token: the doubled batch changes nothing
-    off = NeighborSampler(cfg_scale=4.0, cfg_interval=0, top_k=8)(model, labels, SampleRNG(1, 2))
-    assert torch.equal(plain, off)
+    # The doubled [cond; uncond] batch with guidance 1 everywhere changes nothing either.
+    doubled = NeighborSampler(cfg_scale=4.0, top_k=8)
+    doubled.logits.guidance = lambda done, total: 1.0
+    assert torch.equal(plain, doubled(model, labels, SampleRNG(1, 2)))
 
 
 def test_bad_labels_are_rejected():

@@ -55,3 +55,15 @@ def test_random_init_pipeline_generates():
     images = pipe.generate([7], seed=0, num_steps=3)
     assert images.shape == (1, 3, 32, 32)
     assert pipe.last_stats["forward_passes"] == 4 * 3  # 4 cells x 3 flow steps
+
+
+def test_sampler_that_cannot_drive_the_model_is_a_clear_error():
+    pipe = vargen.load_pipeline("nar-mnist", pretrained=False)
+    with pytest.raises(TypeError, match="'raster' sampler cannot drive NAR; it supports \\['neighbor'\\]"):
+        pipe.generate([0], sampler="raster")
+
+
+def test_switching_sampler_keeps_the_pipeline_guidance():
+    pipe = tiny_pipeline("raster", cfg_scale=2.5, top_k=8)
+    assert pipe.make_sampler("sjd").logits.cfg_scale == 2.5
+    assert pipe.make_sampler("sjd", cfg_scale=1.0).logits.cfg_scale == 1.0

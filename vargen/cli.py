@@ -27,7 +27,7 @@ def _add_list(sub):
         for name in vargen.list_models(args.pattern):
             entry = vargen.get_entry(name)
             w = entry.weights
-            where = "" if w is None else f"  weights: {w.local and 'weights/' + w.local or w.hub_repo + '/' + w.filename}"
+            where = "" if w is None else f"  weights: {w.location}"
             print(f"{name:24s} {entry.kind:10s}{where}")
         for name in list_pipelines(args.pattern):
             print(f"{name:24s} pipeline")
@@ -59,7 +59,8 @@ def _add_sample(sub):
         labels = [c for c in args.classes for _ in range(args.per_class)]
         images = pipe.generate(labels, seed=args.seed, sampler=args.sampler, progress=True,
                                batch_size=args.batch_size, **options)
-        save_grid(images, args.out, nrow=len(args.classes) if args.per_class > 1 else min(len(labels), 10))
+        # One row per class when several samples per class were asked for.
+        save_grid(images, args.out, nrow=args.per_class if args.per_class > 1 else min(len(labels), 10))
         print(f"wrote {args.out}: {len(labels)} images, "
               f"{pipe.last_stats.get('forward_passes', '?')} forward passes per batch")
     p.set_defaults(run=run)
@@ -67,7 +68,7 @@ def _add_sample(sub):
 
 def _load_plugin_commands() -> None:
     # Modules that add subcommands register them on import.
-    for module in ("vargen.eval.cli", "vargen.train", "vargen.bench"):
+    for module in ("vargen.eval.cli", "vargen.train"):
         try:
             __import__(module)
         except ModuleNotFoundError as e:
@@ -85,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from vargen.hub import WeightsError
     try:
         args.run(args)
-    except (KeyError, ValueError, FileNotFoundError, WeightsError) as e:
+    except (KeyError, ValueError, TypeError, FileNotFoundError, WeightsError) as e:
         # User errors: one clear line, not a traceback.
         print(f"vargen {args.command}: error: {e}", file=sys.stderr)
         return 2

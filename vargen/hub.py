@@ -234,7 +234,9 @@ def load_registered(entry: Any, config: Any) -> nn.Module:
         import vargen.weights
         folder = Path(vargen.weights.__file__).parent / weights.local
         verify_sha256(folder / WEIGHTS_NAME, weights.sha256)
-        return entry.model_cls.from_pretrained(folder)
+        model = entry.model_cls(config)
+        load_state_dict_strict(model, load_safetensors(folder / WEIGHTS_NAME), source=folder)
+        return model
     path = resolve_file(weights.hub_repo, weights.filename)
     return load_from(entry.model_cls, config, path, converter=weights.converter,
                      sha256=weights.sha256)
@@ -245,6 +247,9 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would survive the rename
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -18,7 +18,7 @@ def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: int = 10) -> P
     """Write ``[B, 3, H, W]`` images in [-1, 1] as one grid image, atomically."""
     from torchvision.utils import save_image  # lazy: torchvision costs seconds to import
     path = Path(path)
-    fmt = path.suffix.lstrip(".") or "png"
+    fmt = {"jpg": "jpeg"}.get(path.suffix.lstrip(".").lower(), path.suffix.lstrip(".") or "png")
     atomic_write(path, lambda tmp: save_image(images.float(), tmp, nrow=nrow, normalize=True,
                                               value_range=(-1, 1), format=fmt))
     return path

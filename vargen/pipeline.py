@@ -34,6 +34,10 @@ _PIPELINES: Dict[str, PipelineSpec] = {}
 
 def register_pipeline(name: str, tokenizer: str, generator: str, sampler: str = "raster",
                       **sampler_options: Any) -> PipelineSpec:
+    if name != name.lower() or " " in name or "_" in name:
+        raise ValueError(f"pipeline names are lowercase and dashed, got {name!r}")
+    if name in _PIPELINES:
+        raise ValueError(f"pipeline {name!r} is already registered")
     spec = PipelineSpec(name, tokenizer, generator, sampler, dict(sampler_options))
     _PIPELINES[name] = spec
     return spec
@@ -77,8 +81,14 @@ class Pipeline:
                 raise ValueError("pass options either to the Sampler instance or to generate, not both")
             return sampler
         name = sampler or self.default_sampler
-        merged = {**self.sampler_options, **options} if name == self.default_sampler else options
-        return create_sampler(name, **merged)
+        defaults = self.sampler_options
+        if name != self.default_sampler:
+            # Another sampler keeps the pipeline's target distribution (CFG, temperature, top-k/p).
+            from dataclasses import fields
+            from vargen.samplers import LogitsProcessor
+            shared = {f.name for f in fields(LogitsProcessor)}
+            defaults = {k: v for k, v in defaults.items() if k in shared}
+        return create_sampler(name, **{**defaults, **options})
 
     @torch.no_grad()
     def generate(self, class_labels: Union[Sequence[int], torch.Tensor], seed: int = 0,

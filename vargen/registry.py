@@ -36,6 +36,16 @@ class Weights:
     metrics: Dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
+    def __post_init__(self):
+        if (self.hub_repo is None) == (self.local is None):
+            raise ValueError("Weights needs exactly one of hub_repo (with filename) or local")
+        if self.hub_repo is not None and not self.filename:
+            raise ValueError(f"Weights for {self.hub_repo} needs a filename")
+
+    @property
+    def location(self) -> str:
+        return f"weights/{self.local}" if self.local else f"{self.hub_repo}/{self.filename}"
+
 
 @dataclass(frozen=True)
 class ModelEntry:

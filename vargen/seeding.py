@@ -3,7 +3,7 @@
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Iterable, List, Sequence, Union
 
 import torch
 
@@ -75,12 +75,3 @@ def sample_from_probs(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tenso
     target = uniform.double().unsqueeze(-1) * cdf[..., -1:]
     ids = torch.searchsorted(cdf, target, right=True).squeeze(-1)
     return ids.clamp_(max=probs.shape[-1] - 1)
-
-
-def as_rng(rng: Optional[SampleRNG], batch_size: int, seed: int = 0,
-           device: Union[str, torch.device] = "cpu") -> SampleRNG:
-    if rng is None:
-        return SampleRNG(seed, batch_size, device)
-    if len(rng) != batch_size:
-        raise ValueError(f"SampleRNG has {len(rng)} generators for a batch of {batch_size}")
-    return rng
