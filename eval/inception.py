@@ -25,7 +25,6 @@ import os
 import sys
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 from unittest import mock

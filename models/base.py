@@ -1,6 +1,10 @@
 """What every generator shares: class conditioning with a null class for CFG."""
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
+
 from vargen.hub import VargenModule
 
 
@@ -30,3 +34,35 @@ class Generator(VargenModule):
         if not self.is_discrete:
             raise TypeError(f"{type(self).__name__} generates continuous tokens; it has no vocab_size")
         return self.config.vocab_size
+
+    # ------------------------------------------------------------------ KV cache (inference hooks)
+    def attention_layers(self) -> list:
+        """Every ``vargen.nn.Attention`` that keeps a KV cache during sampling."""
+        raise NotImplementedError
+
+    @property
+    def max_cache_len(self) -> int:
+        """Cache entries one sample needs at most (condition tokens + all tokens)."""
+        raise NotImplementedError
+
+    def setup_cache(self, batch_size: int, max_len: Optional[int] = None,
+                    device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
+        """Allocate KV caches for ``batch_size`` rows (2B under CFG) and ``max_len`` entries."""
+        p = next(self.parameters())
+        for attn in self.attention_layers():
+            attn.setup_cache(batch_size, max_len or self.max_cache_len, device or p.device, dtype or p.dtype)
+
+    def clear_cache(self) -> None:
+        for attn in self.attention_layers():
+            attn.cache = None
+
+    @property
+    def cache_length(self) -> Optional[int]:
+        """Entries in the cache (the longest row's), or None without a cache."""
+        cache = self.attention_layers()[0].cache
+        return None if cache is None else cache.length
+
+    def truncate_cache(self, n) -> None:
+        """Keep the first ``n`` entries: an int, or a ``[B]`` tensor of per-row lengths."""
+        for attn in self.attention_layers():
+            attn.cache.truncate(n)

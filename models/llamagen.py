@@ -14,7 +14,7 @@ with any mask, which is what SJD, GSD and NAR's diagonal decoding need.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -151,29 +151,17 @@ class LlamaGen(Generator):
         return F.cross_entropy(logits.flatten(0, 1), self.check_tokens(tokens).flatten())
 
     # ----------------------------------------------------------------------------- inference hooks
-    def setup_cache(self, batch_size: int, max_len: Optional[int] = None,
-                    device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
-        """Allocate KV caches for ``batch_size`` rows (2B under CFG) and ``max_len`` entries."""
-        p = self.output.weight
-        self.rope = self.rope.to(device or p.device)
-        max_len = max_len or self.config.cls_token_num + self.config.block_size
-        for block in self.blocks_with_cache():
-            block.attention.setup_cache(batch_size, max_len, device or p.device, dtype or p.dtype)
-
-    def blocks_with_cache(self) -> List[TransformerBlock]:
-        return list(self.layers)
-
-    def clear_cache(self) -> None:
-        for block in self.blocks_with_cache():
-            block.attention.cache = None
+    def attention_layers(self) -> list:
+        return [block.attention for block in self.layers]
 
     @property
-    def cache_length(self) -> int:
-        return self.layers[0].attention.cache.length
+    def max_cache_len(self) -> int:
+        return self.config.cls_token_num + self.config.block_size
 
-    def truncate_cache(self, n: int) -> None:
-        for block in self.blocks_with_cache():
-            block.attention.cache.truncate(n)
+    def setup_cache(self, batch_size: int, max_len: Optional[int] = None,
+                    device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
+        self.rope = self.rope.to(device or self.output.weight.device)
+        super().setup_cache(batch_size, max_len, device, dtype)
 
     def prefill(self, labels: torch.Tensor) -> torch.Tensor:
         """Feed the condition token(s); returns logits ``[B, V]`` for the first code."""

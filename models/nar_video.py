@@ -127,24 +127,12 @@ class NARVideo(NeighborHeads, Generator):
         return h + self.abs_pe[:, positions], None
 
     # ----------------------------------------------------------------------------- cache
-    def setup_cache(self, batch_size: int, max_len: Optional[int] = None,
-                    device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
-        p = self.abs_pe
-        max_len = max_len or 1 + self.config.block_size
-        for block in self.layers:
-            block.attention.setup_cache(batch_size, max_len, device or p.device, dtype or p.dtype)
-
-    def clear_cache(self) -> None:
-        for block in self.layers:
-            block.attention.cache = None
+    def attention_layers(self) -> list:
+        return [block.attention for block in self.layers]
 
     @property
-    def cache_length(self) -> int:
-        return self.layers[0].attention.cache.length
-
-    def truncate_cache(self, n: int) -> None:
-        for block in self.layers:
-            block.attention.cache.truncate(n)
+    def max_cache_len(self) -> int:
+        return 1 + self.config.block_size
 
 
 # No released NAR video weights were found in any index; the presets carry architecture only.

@@ -230,25 +230,12 @@ class XAR(Generator):
         return F.mse_loss(self(x_t, t, labels).float(), target.float())
 
     # ----------------------------------------------------------------------------- inference hooks
-    def _attentions(self):
+    def attention_layers(self) -> list:
         return [b.attn for b in (*self.encoder_blocks, *self.decoder_blocks)]
 
-    def setup_cache(self, batch_size: int, device: Optional[torch.device] = None,
-                    dtype: Optional[torch.dtype] = None) -> None:
-        """KV caches for ``batch_size`` rows (2B under CFG) holding up to every token."""
-        p = self.pred.weight
-        for attn in self._attentions():
-            attn.setup_cache(batch_size, self.partition.num_tokens, device or p.device, dtype or p.dtype)
-
-    def clear_cache(self) -> None:
-        for attn in self._attentions():
-            attn.cache = None
-
     @property
-    def cache_length(self) -> Optional[int]:
-        """Cached tokens (clean entities), or None without a cache."""
-        cache = self.encoder_blocks[0].attn.cache if self.encoder_blocks else None
-        return None if cache is None else cache.length
+    def max_cache_len(self) -> int:
+        return self.partition.num_tokens  # clean entities only; noisy ones are dropped after each call
 
     def velocity(self, x: torch.Tensor, t: Union[float, torch.Tensor], labels: torch.Tensor,
                  entity: int, context: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -288,8 +275,7 @@ class XAR(Generator):
         seq = slice(first, span.stop)
         out = self._run(x, cond, token_entity, seq, self.mask[seq, :span.stop])
         if cached is not None:
-            for attn in self._attentions():
-                attn.cache.truncate(span.start)  # keep the clean context, drop the noisy tokens
+            self.truncate_cache(span.start)  # keep the clean context, drop the noisy tokens
         return out[:, -(span.stop - span.start):]
 
 

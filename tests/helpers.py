@@ -1,5 +1,4 @@
 """Small things several test files need: tiny MNIST token grids."""
-import torch
 import torch.nn.functional as F
 
 from vargen.data import MNISTDigits

@@ -277,7 +277,7 @@ def model_card(cfg: TrainConfig, kind: str, num_items: int, wall_s: float, devic
              f"- Steps: {cfg.steps} at global batch {cfg.batch_size} ({epochs:.1f} epochs), seed {cfg.seed}",
              f"- Optimiser: AdamW lr {cfg.lr:g} ({cfg.schedule}, warmup {cfg.warmup_steps}), "
              f"betas {cfg.betas}, weight decay {cfg.weight_decay:g}, grad clip {cfg.grad_clip:g}",
-             f"- Exported weights: " + (f"EMA (decay {cfg.ema_decay:g})" if cfg.ema_decay else "raw"),
+             "- Exported weights: " + (f"EMA (decay {cfg.ema_decay:g})" if cfg.ema_decay else "raw"),
              f"- Model config overrides: {cfg.overrides or 'none'}",
              f"- Wall time: {wall_s:.1f} s on {device}"]
     if final_loss is not None:

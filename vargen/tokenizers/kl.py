@@ -31,7 +31,6 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from vargen.registry import register_model
 from vargen.tokenizers.base import Tokenizer
