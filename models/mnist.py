@@ -24,6 +24,9 @@ _TRUNK = dict(dim=128, n_layer=6, n_head=4, multiple_of=64, vocab_size=CODEBOOK,
 SHIPPED_SHA256 = {
     "vq-mnist": "c73e8eb4442ff46a048dc3b9474a61dbe26fd7d72255e5f1d380d05b74270de3",
     "kl-mnist": "5fd2d48483a436f2780e77c65e83213e8295a422fdf69d71155a08226d9afe64",
+    "xar-mnist": "4f541b53be0e76790442d65e47f790f103da08b395c26cb83cf014df0ffa6f7e",
+    "nar-mnist": "0a3c1ce1b3b52a648b0fb89ecf1d4eb591d20ac2f409364793f0677f40e21b92",
+    "llamagen-mnist": "d1254f6542f7b84d01a303d1e0504c47764cc6ffeaa090f4d6dc92be44fccb35",
 }
 
 
