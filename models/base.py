@@ -1,6 +1,7 @@
 """What every generator shares: class conditioning with a null class for CFG."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -34,6 +35,21 @@ class Generator(VargenModule):
         if not self.is_discrete:
             raise TypeError(f"{type(self).__name__} generates continuous tokens; it has no vocab_size")
         return self.config.vocab_size
+
+    def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Flatten ``[B, *token_shape]`` or ``[B, N]`` ids to ``[B, N]`` after checking them."""
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"token ids must be integers, got {tokens.dtype}")
+        shape = tuple(self.token_shape)
+        n = math.prod(shape)
+        if tokens.dim() == 1 + len(shape) and tuple(tokens.shape[1:]) == shape:
+            tokens = tokens.flatten(1)
+        if tokens.dim() != 2 or tokens.shape[1] != n:
+            raise ValueError(f"expected a token grid [B, {', '.join(map(str, shape))}] or [B, {n}], "
+                             f"got {tuple(tokens.shape)}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.vocab_size - 1}]")
+        return tokens.long()
 
     # ------------------------------------------------------------------ KV cache (inference hooks)
     def attention_layers(self) -> list:

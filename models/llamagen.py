@@ -99,22 +99,6 @@ class LlamaGen(Generator):
         """Shape of one sample's tokens: ``(h, w)`` ids."""
         return self.grid_shape
 
-    def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Flatten ``[B, h, w]`` or ``[B, h*w]`` ids to ``[B, N]`` after checking them."""
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"token ids must be integers, got {tokens.dtype}")
-        n = self.config.block_size
-        if tokens.dim() == 3:
-            if tuple(tokens.shape[1:]) != self.grid_shape:
-                raise ValueError(f"expected token grid {self.grid_shape}, got {tuple(tokens.shape[1:])}")
-            tokens = tokens.flatten(1)
-        if tokens.dim() != 2 or tokens.shape[1] != n:
-            raise ValueError(f"expected tokens [B, {n}] or [B, {self.config.grid_size}, "
-                             f"{self.config.grid_size}], got {tuple(tokens.shape)}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size - 1}]")
-        return tokens.long()
-
     def _rope_rows(self, positions: torch.Tensor) -> torch.Tensor:
         return self.rope.to(positions.device)[positions]
 

@@ -101,20 +101,6 @@ class NARVideo(NeighborHeads, Generator):
     def head_modules(self) -> List[Tuple[nn.Module, nn.Linear]]:
         return [(self.norm_R, self.output_R), (self.norm_D, self.output_D), (self.norm_B, self.output_B)]
 
-    def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Flatten ``[B, T, H, W]`` or ``[B, T*H*W]`` ids to ``[B, N]`` after checking them."""
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"token ids must be integers, got {tokens.dtype}")
-        shape, n = self.token_shape, self.config.block_size
-        if tokens.dim() == 4 and tuple(tokens.shape[1:]) == shape:
-            tokens = tokens.flatten(1)
-        if tokens.dim() != 2 or tokens.shape[1] != n:
-            raise ValueError(f"expected tokens [B, {n}] or [B, {', '.join(map(str, shape))}], "
-                             f"got {tuple(tokens.shape)}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size - 1}]")
-        return tokens.long()
-
     def _embed_block(self, tokens: Optional[torch.Tensor], labels: Optional[torch.Tensor],
                      positions: torch.Tensor) -> Tuple[torch.Tensor, None]:
         """Embeddings of ``[cls] + tokens`` plus ``abs_pe`` at sequence ``positions``; no RoPE."""

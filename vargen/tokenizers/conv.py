@@ -233,3 +233,10 @@ class Decoder(nn.Module):
         for position in self._run:
             h = levels[position](h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def check_channels(ch: int, ch_mult: tuple) -> None:
+    """Every level's width must suit GroupNorm(32), as in the official tokenizers."""
+    if not ch_mult or any(ch * m % 32 for m in ch_mult):
+        raise ValueError(f"ch * ch_mult must be non-empty multiples of 32 (GroupNorm(32)), "
+                         f"got ch={ch}, ch_mult={ch_mult}")

@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from vargen.registry import register_model
 from vargen.tokenizers.base import Tokenizer
-from vargen.tokenizers.conv import LDM_LAYOUT, Decoder, Encoder
+from vargen.tokenizers.conv import LDM_LAYOUT, Decoder, Encoder, check_channels
 
 MAR_KL16_URL = ("https://www.dropbox.com/scl/fi/hhmuvaiacrarfg28qxhwz/kl16.ckpt"
                 "?rlkey=l44xipsezc8atcffdp4q7mwmh&dl=0")
@@ -95,9 +95,7 @@ class KLTokenizer(Tokenizer):
     def __init__(self, config: KLConfig):
         super().__init__(config)
         c = config
-        if not c.ch_mult or any(c.ch * m % 32 for m in c.ch_mult):
-            raise ValueError(f"ch * ch_mult must be non-empty multiples of 32 (GroupNorm(32)), "
-                             f"got ch={c.ch}, ch_mult={c.ch_mult}")
+        check_channels(c.ch, c.ch_mult)
         levels = range(len(c.ch_mult))
         bad = [i for i in (*c.encoder_attn_levels, *c.decoder_attn_levels) if i not in levels]
         if bad:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from vargen.registry import Weights, register_model
 from vargen.tokenizers.base import Tokenizer
-from vargen.tokenizers.conv import LLAMAGEN_LAYOUT, Decoder, Encoder
+from vargen.tokenizers.conv import LLAMAGEN_LAYOUT, Decoder, Encoder, check_channels
 
 # The official VectorQuantizer keeps a fixed-length window of recent code ids.
 CODEBOOK_USAGE_WINDOW = 65536
@@ -120,9 +120,7 @@ class VQTokenizer(Tokenizer):
     def __init__(self, config: VQConfig):
         super().__init__(config)
         c = config
-        if not c.ch_mult or any(c.ch * m % 32 for m in c.ch_mult):
-            raise ValueError(f"ch * ch_mult must be non-empty multiples of 32 (GroupNorm(32)), "
-                             f"got ch={c.ch}, ch_mult={c.ch_mult}")
+        check_channels(c.ch, c.ch_mult)
         lowest = (len(c.ch_mult) - 1,)  # LlamaGen puts attention only at the lowest resolution
         self.encoder = Encoder(LLAMAGEN_LAYOUT, 3, c.ch, c.ch_mult, c.num_res_blocks, lowest,
                                c.z_channels, c.dropout)
