@@ -129,6 +129,17 @@ def test_bad_labels_are_rejected():
 
 
 # --------------------------------------------------------------------------------- weights
+def llama_block_keys(i: int, dim: int, hidden: int) -> dict:
+    """One official LlamaGen / LARP_AR transformer block: key -> shape."""
+    return {f"layers.{i}.attention.wqkv.weight": (3 * dim, dim),
+            f"layers.{i}.attention.wo.weight": (dim, dim),
+            f"layers.{i}.feed_forward.w1.weight": (hidden, dim),
+            f"layers.{i}.feed_forward.w2.weight": (dim, hidden),
+            f"layers.{i}.feed_forward.w3.weight": (hidden, dim),
+            f"layers.{i}.attention_norm.weight": (dim,),
+            f"layers.{i}.ffn_norm.weight": (dim,)}
+
+
 def _official_nar_tiny_keys():
     """Hand-written from the official NAR gpt.py: LlamaGen keys + layers.{n_layer} + medusa_*."""
     dim, hidden, vocab = 64, 192, 64  # SwiGLU hidden: int(2 * 4 * 64 / 3) = 170 -> multiple of 32
@@ -136,13 +147,7 @@ def _official_nar_tiny_keys():
             "norm.weight": (dim,), "output.weight": (vocab, dim),
             "medusa_norm.weight": (dim,), "medusa_output.weight": (vocab, dim)}
     for i in range(3):  # n_layer = 2 trunk blocks + the extra one
-        keys.update({f"layers.{i}.attention.wqkv.weight": (3 * dim, dim),
-                     f"layers.{i}.attention.wo.weight": (dim, dim),
-                     f"layers.{i}.feed_forward.w1.weight": (hidden, dim),
-                     f"layers.{i}.feed_forward.w2.weight": (dim, hidden),
-                     f"layers.{i}.feed_forward.w3.weight": (hidden, dim),
-                     f"layers.{i}.attention_norm.weight": (dim,),
-                     f"layers.{i}.ffn_norm.weight": (dim,)})
+        keys.update(llama_block_keys(i, dim, hidden))
     return keys
 
 
@@ -177,13 +182,7 @@ def test_official_video_key_tree_loads_strictly():
     for tag in "RDB":
         keys.update({f"norm_{tag}.weight": (dim,), f"output_{tag}.weight": (vocab, dim)})
     for i in range(4):
-        keys.update({f"layers.{i}.attention.wqkv.weight": (3 * dim, dim),
-                     f"layers.{i}.attention.wo.weight": (dim, dim),
-                     f"layers.{i}.feed_forward.w1.weight": (hidden, dim),
-                     f"layers.{i}.feed_forward.w2.weight": (dim, hidden),
-                     f"layers.{i}.feed_forward.w3.weight": (hidden, dim),
-                     f"layers.{i}.attention_norm.weight": (dim,),
-                     f"layers.{i}.ffn_norm.weight": (dim,)})
+        keys.update(llama_block_keys(i, dim, hidden))
     model = create_model("nar-video-tiny")
     assert isinstance(model, NARVideo)
     load_state_dict_strict(model, {k: torch.randn(s) for k, s in keys.items()})
