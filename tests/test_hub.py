@@ -1,5 +1,6 @@
 """Registry and weights I/O: round trips, Hub cache offline, strictness, corrupt files."""
 import json
+import os
 
 import huggingface_hub
 import pytest
@@ -38,6 +39,10 @@ def test_save_pretrained_round_trip_is_bit_exact(tmp_path):
     model.save_pretrained(tmp_path / "m")
     assert {p.name for p in (tmp_path / "m").iterdir()} >= {"config.json", "model.safetensors"}
     assert not list((tmp_path / "m").glob("*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("config.json", "model.safetensors"):  # shareable, as a plain open() would make them
+        assert (tmp_path / "m" / f).stat().st_mode & 0o777 == 0o666 & ~umask, f
     loaded = LlamaGen.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config
     assert_same_weights(model, loaded)

@@ -249,9 +249,11 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would survive the rename
     try:
         write(tmp)
+        # After writing: mkstemp's 0600 would survive the rename, and some writers (safetensors)
+        # recreate the file with 0600 themselves.
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
