@@ -110,6 +110,7 @@ class XAR(Generator):
     default_sampler = "flow"
     samplers = ("flow",)
     is_discrete = False
+    official_checkpoint_ema = True  # MAR's training checkpoints: evaluate "model_ema", not "model"
 
     def __init__(self, config: XARConfig):
         super().__init__(config)

@@ -132,7 +132,9 @@ def test_class_label_out_of_range_is_a_clear_error():
 def test_official_checkpoint_converts_and_loads_strictly(tmp_path):
     source = tiny()
     state = {k: v.clone() for k, v in source.state_dict().items()}
-    for layout, obj in {"raw": state, "model": {"model": state, "args": None},
+    zeros = {k: torch.zeros_like(v) for k, v in state.items()}
+    # LlamaGen's sample scripts take "model" even when the checkpoint also holds "ema".
+    for layout, obj in {"raw": state, "model": {"model": state, "ema": zeros, "args": None},
                         "module": {"module": state}, "state_dict": {"state_dict": state}}.items():
         path = tmp_path / f"{layout}.pt"
         torch.save(obj, path)

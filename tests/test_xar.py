@@ -313,6 +313,16 @@ def test_official_key_tree_converts_and_loads_strictly(tmp_path):
         load_state_dict_strict(model, convert_xar_checkpoint(state))
 
 
+def test_training_checkpoint_loads_the_ema(tmp_path):
+    """xAR's training script (MAR's) saves {"model", "model_ema", ...} and evaluates the EMA."""
+    ema = official_state()
+    raw = {k: torch.zeros_like(v) for k, v in ema.items()}
+    torch.save({"model": raw, "model_ema": ema, "epoch": 799}, tmp_path / "checkpoint-last.pth")
+    model = vargen.create_model("xar-tiny", pretrained=str(tmp_path / "checkpoint-last.pth"),
+                                dim=32, n_head=2)
+    assert torch.equal(model.pred.weight, ema["pred.weight"])
+
+
 def test_rope_matches_official_eva02_layout():
     """EVA-02 ``VisionRotaryEmbeddingFast`` as built by the official code (16x16 grid, pairs
     repeated twice, row half then column half, positions in 2x2-cell order) against vargen."""

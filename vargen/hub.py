@@ -29,6 +29,8 @@ WEIGHTS_NAME = "model.safetensors"
 OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 # Keys under which official training scripts nest the weights, in the order they are tried.
 CHECKPOINT_LAYOUTS = ("model", "module", "state_dict", "model_ema", "ema")
+# MAR-family training checkpoints hold "model" and "model_ema", and their evaluation uses the EMA.
+EMA_FIRST_LAYOUTS = ("model_ema", "ema", "model", "module", "state_dict")
 
 T = TypeVar("T", bound="VargenModule")
 StateDict = Dict[str, torch.Tensor]
@@ -156,12 +158,13 @@ def load_safetensors(path: Union[str, Path]) -> StateDict:
                            f"{e}") from e
 
 
-def load_official_checkpoint(path: Union[str, Path]) -> StateDict:
+def load_official_checkpoint(path: Union[str, Path], prefer_ema: bool = False) -> StateDict:
     """Read an official pickle checkpoint safely and unwrap its weights.
 
     Accepts ``{"model": sd}``, ``{"module": sd}``, ``{"state_dict": sd}``, EMA layouts, or a raw
-    state dict. ``argparse.Namespace`` (stored as ``args`` by LlamaGen/MAR training) is the only
-    non-tensor class allowed.
+    state dict; ``prefer_ema`` tries the EMA keys first (MAR / xAR evaluate the EMA, LlamaGen's
+    sample scripts take "model"). ``argparse.Namespace`` (stored as ``args`` by LlamaGen/MAR
+    training) is the only non-tensor class allowed.
     """
     path = str(path)
     if path.endswith(".safetensors"):
@@ -173,13 +176,14 @@ def load_official_checkpoint(path: Union[str, Path]) -> StateDict:
         raise WeightsError(f"cannot read checkpoint {path} with weights_only=True: {e}") from e
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
-    for key in CHECKPOINT_LAYOUTS:
+    layouts = EMA_FIRST_LAYOUTS if prefer_ema else CHECKPOINT_LAYOUTS
+    for key in layouts:
         if isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise WeightsError(f"{path}: no state dict found (looked under {CHECKPOINT_LAYOUTS} and "
+        raise WeightsError(f"{path}: no state dict found (looked under {layouts} and "
                            f"at top level; non-tensor keys {bad[:5]})")
     return obj
 
@@ -207,13 +211,16 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
 def load_from(model_cls: type, config: Any, source: Union[str, Path],
               converter: Optional[Callable[[StateDict], StateDict]] = None,
               strict_config: bool = True, sha256: Optional[str] = None) -> nn.Module:
-    """Build ``model_cls(config)`` and fill it from a folder, repo id, or weights file."""
+    """Build ``model_cls(config)`` and fill it from a folder, repo id, or weights file.
+
+    Official pickles are unwrapped with the EMA first when ``model_cls.official_checkpoint_ema``
+    is true (the families whose official evaluation runs the EMA weights)."""
     source = str(source)
     if source.endswith(OFFICIAL_SUFFIXES + (".safetensors",)) and not os.path.isdir(source):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"checkpoint {source} does not exist")
         verify_sha256(source, sha256)
-        state = load_official_checkpoint(source)
+        state = load_official_checkpoint(source, getattr(model_cls, "official_checkpoint_ema", False))
         if converter is not None and not source.endswith(".safetensors"):
             state = converter(state)
         model = model_cls(config)
