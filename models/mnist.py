@@ -24,7 +24,7 @@ _TRUNK = dict(dim=128, n_layer=6, n_head=4, multiple_of=64, vocab_size=CODEBOOK,
 SHIPPED_SHA256 = {
     "vq-mnist": "c73e8eb4442ff46a048dc3b9474a61dbe26fd7d72255e5f1d380d05b74270de3",
     "kl-mnist": "5fd2d48483a436f2780e77c65e83213e8295a422fdf69d71155a08226d9afe64",
-    "xar-mnist": "4f541b53be0e76790442d65e47f790f103da08b395c26cb83cf014df0ffa6f7e",
+    "xar-mnist": "42e003e57b9853b74949abb4e1c74ad7273c0c1d21ad716c7a25840e6a180451",
     "nar-mnist": "0a3c1ce1b3b52a648b0fb89ecf1d4eb591d20ac2f409364793f0677f40e21b92",
     "llamagen-mnist": "d1254f6542f7b84d01a303d1e0504c47764cc6ffeaa090f4d6dc92be44fccb35",
 }
@@ -44,6 +44,9 @@ register_model("kl-mnist", KLTokenizer, weights=_shipped("kl-mnist"), config=KLC
     scale_factor=0.394))  # 1 / std of the train-split latents (MAR: "normalize the std to 1")
 register_model("llamagen-mnist", LlamaGen, weights=_shipped("llamagen-mnist"), config=LlamaGenConfig(**_TRUNK))
 register_model("nar-mnist", NAR, weights=_shipped("nar-mnist"), config=NARConfig(**_TRUNK))
+# No dropout (the official 0.1 is for ImageNet-scale training): with it this small model reached
+# 77% class accuracy after 2000 steps, without it 97% after 1000 steps, and each step is 1.6x
+# cheaper on a CPU (dropout takes SDPA off its fused path).
 register_model("xar-mnist", XAR, weights=_shipped("xar-mnist"), config=XARConfig(
     dim=128, encoder_depth=3, decoder_depth=3, n_head=4, latent_channels=4, grid_size=GRID,
-    num_classes=10, entity_kind="cell", entity_size=4))
+    num_classes=10, entity_kind="cell", entity_size=4, attn_dropout_p=0.0, proj_dropout_p=0.0))

@@ -23,7 +23,6 @@ register_pipeline("llamagen-mnist", tokenizer="vq-mnist", generator="llamagen-mn
                   sampler="raster", cfg_scale=2.0)
 register_pipeline("nar-mnist", tokenizer="vq-mnist", generator="nar-mnist",
                   sampler="neighbor", cfg_scale=2.0)
-# For this small model constant guidance beats the official linear ramp (which leaves the first
-# cell, where a digit's identity is set, unguided): 79% vs 61% class accuracy on 100 samples.
+# xAR-B's evaluation settings: 40 SDE steps per cell, cfg 2.7 ramped linearly over the cells.
 register_pipeline("xar-mnist", tokenizer="kl-mnist", generator="xar-mnist",
-                  sampler="flow", cfg_scale=4.0, cfg_schedule="constant", num_steps=40)
+                  sampler="flow", cfg_scale=2.7, cfg_schedule="linear", num_steps=40)

@@ -44,9 +44,9 @@ def test_shipped_pipeline_generates_digits(pipeline):
     images = pipe.generate(labels, seed=0)
     assert images.shape == (10, 3, 32, 32)
     assert images.std() > 0.2  # digits, not a flat image
-    # The digits asked for: a loose bar on 10 samples (README: accuracy measured on 1000).
+    # The digits asked for: a loose bar on 10 samples (README: 96-98% measured on 1000).
     classifier = vargen.create_model("digit-classifier", pretrained=True).eval()
-    assert classifier.accuracy(images, labels) >= 0.6
+    assert classifier.accuracy(images, labels) >= 0.8
 
 
 def test_readme_first_command_writes_a_grid(tmp_path):
