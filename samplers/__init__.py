@@ -30,6 +30,11 @@ for _cls in (RasterSampler, SJDSampler, GSDSampler, NeighborSampler, FlowSampler
 def create_sampler(name: str, **options) -> Sampler:
     if name not in SAMPLERS:
         raise KeyError(f"unknown sampler {name!r}; available: {sorted(SAMPLERS)}")
+    accepted = SAMPLERS[name].option_names()
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"the {name!r} sampler has no option {', '.join(unknown)}; "
+                        f"its options: {', '.join(accepted)}")
     return SAMPLERS[name](**options)
 
 

@@ -6,7 +6,8 @@ holds at least ``forward_passes`` (generator calls, a CFG-doubled batch counting
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+import inspect
+from typing import Any, Dict, List
 
 import torch
 
@@ -23,6 +24,19 @@ class Sampler:
 
     def __call__(self, model: torch.nn.Module, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def option_names(cls) -> List[str]:
+        """Keyword options the constructor takes, following ``**options`` up to the parents."""
+        names: List[str] = []
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass):
+                continue
+            params = list(inspect.signature(klass.__init__).parameters.values())[1:]
+            names += [p.name for p in params if p.kind is not p.VAR_KEYWORD and p.name not in names]
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return names
 
     def check_labels(self, model: torch.nn.Module, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
         """Check that this sampler can drive ``model`` and that ``labels``/``rng`` fit; ``[B]`` long."""

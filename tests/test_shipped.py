@@ -54,3 +54,12 @@ def test_readme_first_command_writes_a_grid(tmp_path):
     assert cli_main(["sample", "--model", "nar-mnist", "--classes", "0", "1", "2", "--out", str(out)]) == 0
     assert out.stat().st_size > 0 and not list(tmp_path.glob("*.tmp"))
     assert cli_main(["sample", "--model", "nar-mnist", "--classes", "10", "--out", str(out)]) == 2
+
+
+def test_sample_cli_passes_sampler_options(tmp_path, capsys):
+    out = tmp_path / "xar.png"
+    argv = ["sample", "--model", "xar-mnist", "--classes", "3", "--out", str(out)]
+    assert cli_main([*argv, "--num-steps", "4", "--cfg-schedule", "constant"]) == 0
+    assert "16 forward passes" in capsys.readouterr().out  # 4 cells x 4 steps
+    assert cli_main([*argv, "--top-k", "5"]) == 2  # a discrete-sampler option, refused by name
+    assert "no option top_k; its options: num_steps" in capsys.readouterr().err

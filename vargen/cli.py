@@ -43,6 +43,8 @@ def _add_sample(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default=None, help="override the pipeline's sampler")
     p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--cfg-schedule", choices=("constant", "linear"), default=None)
+    p.add_argument("--num-steps", type=int, default=None, help="flow steps per entity (xAR)")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -54,8 +56,8 @@ def _add_sample(sub):
         import vargen
         from vargen.images import save_grid
         pipe = vargen.load_pipeline(args.model, device=args.device)
-        options = {k: v for k, v in dict(cfg_scale=args.cfg_scale, temperature=args.temperature,
-                                         top_k=args.top_k, top_p=args.top_p).items() if v is not None}
+        names = ("cfg_scale", "cfg_schedule", "num_steps", "temperature", "top_k", "top_p")
+        options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
         labels = [c for c in args.classes for _ in range(args.per_class)]
         images = pipe.generate(labels, seed=args.seed, sampler=args.sampler, progress=True,
                                batch_size=args.batch_size, **options)
