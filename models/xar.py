@@ -285,8 +285,12 @@ def convert_xar_checkpoint(state: dict) -> dict:
 
     Renames ``class_emb`` and ``attn.qkv``/``attn.proj``, reorders the learned position
     embeddings from the official cell order (2x2 cells over the grid) to raster order, and drops
-    the derived buffers ``mask`` and ``attn.rope.{freqs,freqs_cos,freqs_sin}``.
+    the derived buffers ``mask`` and ``attn.rope.{freqs,freqs_cos,freqs_sin}``. A state dict that
+    is already in vargen's layout (``torch.save(model.state_dict())``) is returned unchanged, so
+    its raster-order position tables are not reordered a second time.
     """
+    if "class_emb.weight" not in state:
+        return dict(state)
     out = {}
     for key, value in state.items():
         if key == "mask" or ".attn.rope." in key:

@@ -124,6 +124,17 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, tokens, referenc
     assert log_column(tmp_path, "step") == [2, 4, 6, 8, 10, 12]  # lines past the checkpoint were dropped on resume
 
 
+def test_run_checkpoint_loads_the_ema_it_exports(reference):
+    """``pretrained=OUT/checkpoint.pt`` gives the same weights as ``OUT/final`` (the EMA)."""
+    from vargen.hub import load_from
+    from vargen.models import LlamaGen
+    config = LlamaGen.from_pretrained(reference / "final").config
+    loaded = load_from(LlamaGen, config, reference / CHECKPOINT_NAME).state_dict()
+    assert_same(loaded, weights(reference))
+    raw = torch.load(reference / CHECKPOINT_NAME, weights_only=False)["model"]
+    assert any(not torch.equal(raw[k], loaded[k]) for k in raw)  # EMA, not the raw weights
+
+
 def test_sigkilled_process_resumes_to_identical_weights(tmp_path, tokens, reference):
     script = textwrap.dedent(f"""
         import os, signal

@@ -313,6 +313,16 @@ def test_official_key_tree_converts_and_loads_strictly(tmp_path):
         load_state_dict_strict(model, convert_xar_checkpoint(state))
 
 
+def test_vargen_state_dict_file_round_trips(tmp_path):
+    """A vargen-layout .pt is not converted again (its position tables are already raster order)."""
+    model = tiny()
+    torch.nn.init.normal_(model.encoder_pos_embed_learned)
+    torch.save(model.state_dict(), tmp_path / "mine.pt")
+    loaded = vargen.create_model("xar-tiny", pretrained=str(tmp_path / "mine.pt"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
 def test_training_checkpoint_loads_the_ema(tmp_path):
     """xAR's training script (MAR's) saves {"model", "model_ema", ...} and evaluates the EMA."""
     ema = official_state()

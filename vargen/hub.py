@@ -163,7 +163,7 @@ def load_official_checkpoint(path: Union[str, Path], prefer_ema: bool = False) -
 
     Accepts ``{"model": sd}``, ``{"module": sd}``, ``{"state_dict": sd}``, EMA layouts, or a raw
     state dict; ``prefer_ema`` tries the EMA keys first (MAR / xAR evaluate the EMA, LlamaGen's
-    sample scripts take "model"). ``argparse.Namespace`` (stored as ``args`` by LlamaGen/MAR
+    sample scripts take "model"), as it always does for ``vargen train``'s ``checkpoint.pt``. ``argparse.Namespace`` (stored as ``args`` by LlamaGen/MAR
     training) is the only non-tensor class allowed.
     """
     path = str(path)
@@ -176,6 +176,8 @@ def load_official_checkpoint(path: Union[str, Path], prefer_ema: bool = False) -
         raise WeightsError(f"cannot read checkpoint {path} with weights_only=True: {e}") from e
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    # vargen train's own checkpoint.pt: its EMA, as the exported final/ folder, for every model.
+    prefer_ema = prefer_ema or "train_config" in obj
     layouts = EMA_FIRST_LAYOUTS if prefer_ema else CHECKPOINT_LAYOUTS
     for key in layouts:
         if isinstance(obj.get(key), dict):

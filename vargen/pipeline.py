@@ -2,7 +2,7 @@
 
     >>> pipe = vargen.load_pipeline("nar-mnist")
     >>> images = pipe.generate([3, 1, 4], seed=0)        # [3, 3, 32, 32] in [-1, 1]
-    >>> images = pipe.generate([3], seed=0, sampler="raster", cfg_scale=2.0)
+    >>> images = pipe.generate([3], seed=0, cfg_scale=3.0)  # sampler options per call
 
 Sample ``i`` of a call draws its noise from ``(seed, sample_offset + i)``, so the same seed
 gives the same image at any batch size.
