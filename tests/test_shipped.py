@@ -54,6 +54,8 @@ def test_readme_first_command_writes_a_grid(tmp_path):
     assert cli_main(["sample", "--model", "nar-mnist", "--classes", "0", "1", "2", "--out", str(out)]) == 0
     assert out.stat().st_size > 0 and not list(tmp_path.glob("*.tmp"))
     assert cli_main(["sample", "--model", "nar-mnist", "--classes", "10", "--out", str(out)]) == 2
+    assert cli_main(["sample", "--model", "nar-mnist", "--classes", "1", "--out", str(tmp_path / "a.jpgx")]) == 2
+    assert not (tmp_path / "a.jpgx").exists()
 
 
 def test_sample_cli_passes_sampler_options(tmp_path, capsys):

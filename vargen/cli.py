@@ -54,7 +54,10 @@ def _add_sample(sub):
 
     def run(args):
         import vargen
-        from vargen.images import save_grid
+        from vargen.images import image_format, save_grid
+        image_format(args.out)  # a bad --out fails now, not after sampling
+        if args.per_class < 1:
+            raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
         pipe = vargen.load_pipeline(args.model, device=args.device)
         names = ("cfg_scale", "cfg_schedule", "num_steps", "temperature", "top_k", "top_p")
         options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}

@@ -14,11 +14,24 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def image_format(path: Union[str, Path]) -> str:
+    """PIL's format name for ``path``'s suffix (no suffix: PNG); an unknown suffix is an error
+    before any work is done, not after sampling."""
+    from PIL import Image
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "PNG"
+    formats = Image.registered_extensions()
+    if suffix not in formats:
+        raise ValueError(f"cannot write {path}: {suffix!r} is not an image suffix PIL can write "
+                         f"(e.g. .png, .jpg, .webp)")
+    return formats[suffix]
+
+
 def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: int = 10) -> Path:
     """Write ``[B, 3, H, W]`` images in [-1, 1] as one grid image, atomically."""
     from torchvision.utils import save_image  # lazy: torchvision costs seconds to import
-    path = Path(path)
-    fmt = {"jpg": "jpeg"}.get(path.suffix.lstrip(".").lower(), path.suffix.lstrip(".") or "png")
-    atomic_write(path, lambda tmp: save_image(images.float(), tmp, nrow=nrow, normalize=True,
-                                              value_range=(-1, 1), format=fmt))
-    return path
+    fmt = image_format(path)
+    atomic_write(Path(path), lambda tmp: save_image(images.float(), tmp, nrow=nrow, normalize=True,
+                                                    value_range=(-1, 1), format=fmt))
+    return Path(path)

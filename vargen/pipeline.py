@@ -94,8 +94,16 @@ class Pipeline:
     def generate(self, class_labels: Union[Sequence[int], torch.Tensor], seed: int = 0,
                  sample_offset: int = 0, sampler: Any = None, batch_size: int = 64,
                  progress: bool = False, **sampling_options: Any) -> torch.Tensor:
-        """Images ``[B, 3, H, W]`` in [-1, 1] for ``class_labels``."""
-        labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+        """Images ``[B, 3, H, W]`` in [-1, 1] for ``class_labels`` (a sequence or 1-D tensor of ints)."""
+        labels = torch.as_tensor(class_labels)
+        if labels.numel() == 0:
+            raise ValueError("class_labels is empty: pass at least one class id")
+        if labels.dim() > 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"class_labels must be integer class ids of shape [B], got dtype "
+                             f"{labels.dtype} shape {tuple(labels.shape)}")
+        labels = labels.reshape(-1).long()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         sampler = self.make_sampler(sampler, **sampling_options)
         out, passes = [], 0
         bar = tqdm(total=len(labels), desc=f"sampling {self.name}", unit="img", disable=not progress)
