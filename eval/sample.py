@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from vargen.cli import add_sampling_arguments, sampling_options
 from vargen.eval.stats import load_npz, save_npz
 from vargen.hub import atomic_write
 from vargen.images import to_uint8
@@ -105,6 +106,8 @@ def generate_samples(pipeline: Any, num_samples: int, out_dir: Union[str, Path],
     if num_samples <= 0 or shard_size <= 0 or batch_size <= 0:
         raise ValueError(f"num_samples, shard_size and batch_size must be positive, got "
                          f"{num_samples}, {shard_size}, {batch_size}")
+    if hasattr(pipeline, "make_sampler"):  # a bad sampler option fails before anything is written
+        pipeline.make_sampler(sampler, **sampling_options)
     num_classes = num_classes or getattr(pipeline.generator, "num_classes", None)
     if not num_classes:
         raise ValueError("cannot tell the number of classes from the pipeline; pass num_classes")
@@ -170,29 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="per-process batch")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per resumable shard")
     p.add_argument("--num-classes", type=int, default=None, help="default: the generator's")
-    p.add_argument("--sampler", default=None, help="override the pipeline's sampler")
-    p.add_argument("--cfg-scale", type=float, default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    add_sampling_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> Optional[Path]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from vargen.hub import WeightsError
     from vargen.pipeline import load_pipeline
     rank, world_size, device = init_distributed()
     try:
         pipeline = load_pipeline(args.model, device=device)
-        options = {k: v for k, v in dict(cfg_scale=args.cfg_scale, temperature=args.temperature,
-                                         top_k=args.top_k, top_p=args.top_p).items() if v is not None}
         out = generate_samples(pipeline, args.num_samples, args.out, seed=args.seed, batch_size=args.batch_size,
                                shard_size=args.shard_size, num_classes=args.num_classes, sampler=args.sampler,
-                               rank=rank, world_size=world_size, progress=not args.no_progress, **options)
+                               rank=rank, world_size=world_size, progress=not args.no_progress,
+                               **sampling_options(args))
         if out is not None:
             print(f"wrote {out} ({args.num_samples} images)")
         return out
+    except (KeyError, ValueError, TypeError, FileNotFoundError, WeightsError) as e:
+        parser.error(str(e))  # user errors: one line and exit status 2, not a traceback
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

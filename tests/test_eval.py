@@ -199,6 +199,10 @@ def test_two_gloo_processes_equal_one_and_resume_equals_uninterrupted(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(_arrays(resumed), (images, labels)))
     with pytest.raises(ValueError, match="different run"):
         generate_samples(pipe, 10, tmp_path / "cut", seed=4, shard_size=3, progress=False)
+    # A sampler option typo is refused before the folder (and its manifest) exists.
+    with pytest.raises(TypeError, match="no option num_step"):
+        generate_samples(pipe, 10, tmp_path / "typo", num_step=3, progress=False)
+    assert not (tmp_path / "typo").exists()
 
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "two")), nprocs=2, join=True)
     two = _arrays(tmp_path / "two" / "samples.npz")

@@ -34,13 +34,11 @@ def _add_list(sub):
     p.set_defaults(run=run)
 
 
-@command("sample")
-def _add_sample(sub):
-    p = sub.add_parser("sample", help="generate a grid of class-conditional samples")
-    p.add_argument("--model", required=True, help="pipeline name, e.g. nar-mnist")
-    p.add_argument("--classes", type=int, nargs="+", required=True)
-    p.add_argument("--per-class", type=int, default=1, help="samples per listed class")
-    p.add_argument("--seed", type=int, default=0)
+SAMPLING_OPTIONS = ("cfg_scale", "cfg_schedule", "num_steps", "temperature", "top_k", "top_p")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """``--sampler`` and the common sampler options (unset ones keep the pipeline's defaults)."""
     p.add_argument("--sampler", default=None, help="override the pipeline's sampler")
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--cfg-schedule", choices=("constant", "linear"), default=None)
@@ -48,6 +46,20 @@ def _add_sample(sub):
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in SAMPLING_OPTIONS if getattr(args, k) is not None}
+
+
+@command("sample")
+def _add_sample(sub):
+    p = sub.add_parser("sample", help="generate a grid of class-conditional samples")
+    p.add_argument("--model", required=True, help="pipeline name, e.g. nar-mnist")
+    p.add_argument("--classes", type=int, nargs="+", required=True)
+    p.add_argument("--per-class", type=int, default=1, help="samples per listed class")
+    p.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="samples.png")
@@ -59,8 +71,7 @@ def _add_sample(sub):
         if args.per_class < 1:
             raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
         pipe = vargen.load_pipeline(args.model, device=args.device)
-        names = ("cfg_scale", "cfg_schedule", "num_steps", "temperature", "top_k", "top_p")
-        options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+        options = sampling_options(args)
         labels = [c for c in args.classes for _ in range(args.per_class)]
         images = pipe.generate(labels, seed=args.seed, sampler=args.sampler, progress=True,
                                batch_size=args.batch_size, **options)
