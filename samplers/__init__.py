@@ -19,6 +19,9 @@ SAMPLERS: Dict[str, Type[Sampler]] = {}
 
 
 def register_sampler(cls: Type[Sampler]) -> Type[Sampler]:
+    """Add a sampler under ``cls.name``. Its options are its constructor's named parameters,
+    followed through ``**options`` into the parents' (:meth:`Sampler.option_names`): declare a new
+    option by name, not by popping it from ``**options``, or :func:`create_sampler` refuses it."""
     SAMPLERS[cls.name] = cls
     return cls
 
