@@ -154,7 +154,40 @@ def test_sigkilled_process_resumes_to_identical_weights(tmp_path, tokens, refere
 def test_resume_refuses_a_different_run(tmp_path, tokens):
     train(tiny(tmp_path, tokens, steps=2))
     with pytest.raises(ValueError, match="batch_size"):
-        train(tiny(tmp_path, tokens, steps=4, batch_size=4))
+        train(tiny(tmp_path, tokens, steps=2, batch_size=4))
+    # The model card's recipe must describe every step: no lr/schedule change, no cosine re-length.
+    with pytest.raises(ValueError, match="'lr'"):
+        train(tiny(tmp_path, tokens, steps=2, lr=1e-2))
+    with pytest.raises(ValueError, match="'steps'"):
+        train(tiny(tmp_path, tokens, steps=4))
+    with pytest.raises(ValueError, match="checkpoint is at step 2 > --steps 1"):
+        train(tiny(tmp_path, tokens, steps=1))
+
+
+def test_rerun_of_a_finished_run_keeps_its_loss_and_survives_a_torn_log_line(tmp_path, tokens):
+    first = train(tiny(tmp_path, tokens, steps=4))
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"step": 5, "lr": 0.0')  # killed mid-write
+    again = train(tiny(tmp_path, tokens, steps=4))
+    assert again["loss"] == first["loss"] is not None
+    assert f"Final training loss: {first['loss']:.4f}" in (tmp_path / "final" / "README.md").read_text()
+    assert log_column(tmp_path, "step") == [2, 4]
+
+
+def test_classifier_trains_on_an_image_folder_without_a_heldout_split(tmp_path):
+    from PIL import Image
+    for label in ("a", "b"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), (255 * (label == "b"), 0, i)).save(tmp_path / "imgs" / label / f"{i}.png")
+    result = train(tiny(tmp_path / "run", tmp_path / "imgs", model="digit-classifier-tiny", steps=2))
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+    assert not any(k.endswith("_heldout_accuracy") for k in result)
+
+
+def test_token_file_is_refused_for_image_models(tmp_path, tokens):
+    with pytest.raises(ValueError, match="a classifier trains on images"):
+        train(tiny(tmp_path, tokens, model="digit-classifier-tiny"))
 
 
 def test_two_process_ddp_equals_single_process(tmp_path, tokens):
@@ -172,7 +205,7 @@ def test_two_process_ddp_equals_single_process(tmp_path, tokens):
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, tokens, monkeypatch):
-    train(tiny(tmp_path, tokens, steps=4))
+    train(tiny(tmp_path, tokens, steps=4, schedule="constant"))  # constant lr: may be extended
     before = (tmp_path / CHECKPOINT_NAME).read_bytes()
 
     def torn_save(obj, path):
@@ -180,7 +213,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, tokens, monkey
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", torn_save)
     with pytest.raises(OSError, match="disk full"):
-        train(tiny(tmp_path, tokens, steps=8))
+        train(tiny(tmp_path, tokens, steps=8, schedule="constant"))
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME, "final", "log.jsonl"]
 

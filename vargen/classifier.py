@@ -113,11 +113,14 @@ class DigitClassifier(VargenModule):
         return (self.predict(images) == labels).float().mean().item()
 
     def heldout_metrics(self, data: str) -> Dict[str, float]:
-        """Accuracy on ``data``'s held-out split (the trainer's model-card hook)."""
-        from vargen.data import get_dataset
+        """Accuracy on ``data``'s held-out split (the trainer's model-card hook); ``{}`` for data
+        without one (an image folder or a token file)."""
+        from vargen.data import DATASETS, cache, get_dataset
         base = str(data).partition(":")[0]
-        heldout = get_dataset(base, "heldout", self.config.image_size)
-        return {f"{base}_heldout_accuracy": self.accuracy(heldout.images, heldout.labels)}
+        if base not in DATASETS:
+            return {}
+        heldout = cache.dataset_tensors(get_dataset(base, "heldout", self.config.image_size))
+        return {f"{base}_heldout_accuracy": self.accuracy(heldout["images"], heldout["labels"])}
 
 
 def train_classifier(out: Union[str, Path], steps: int = 1500, batch_size: int = 64,

@@ -64,7 +64,10 @@ RECIPES: List[Tuple[str, Dict[str, Any]]] = [
     ("*", dict(lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95), grad_clip=1.0, ema_decay=0.9999)),
 ]
 # Fields that must not change when a run resumes from its checkpoint.
-RESUME_KEYS = ("model", "overrides", "data", "split", "image_size", "tokenizer", "batch_size", "seed")
+# "steps" too under a cosine schedule (it sets the schedule); a constant-lr run may be extended.
+RESUME_KEYS = ("model", "overrides", "data", "split", "image_size", "tokenizer", "batch_size", "seed",
+               "lr", "min_lr", "schedule", "warmup_steps", "weight_decay", "betas", "grad_clip",
+               "ema_decay", "precision")
 
 
 @dataclass
@@ -210,6 +213,9 @@ def load_data(cfg: TrainConfig, kind: str, device: torch.device, rank: int,
     """``{"inputs", "labels"}``: token grids for generators, images otherwise (all on CPU)."""
     from vargen.data import cache, get_dataset
     if str(cfg.data).endswith(".safetensors"):
+        if kind != "generator":
+            raise ValueError(f"{cfg.data} is a token file, but a {kind} trains on images: pass a "
+                             f"dataset name (mnist) or an image folder")
         data = cache.load_token_file(cfg.data)
         return {"inputs": data["tokens"], "labels": data["labels"]}
     if kind != "generator":
@@ -287,11 +293,25 @@ def model_card(cfg: TrainConfig, kind: str, num_items: int, wall_s: float, devic
     return "\n".join(lines)
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (written after the checkpoint a resumed run restarts from)."""
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        atomic_write(path, lambda p: Path(p).write_text("".join(ln + "\n" for ln in keep)))
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value  # betas: a list from the CLI or JSON
+
+
+def _truncate_log(path: Path, step: int) -> Optional[float]:
+    """Drop log lines past ``step`` (written after the checkpoint a resumed run restarts from) and
+    a line cut short by a kill; returns the last kept loss."""
+    if not path.exists():
+        return None
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record["step"] <= step:
+            keep.append(record)
+    atomic_write(path, lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in keep)))
+    return keep[-1]["loss"] if keep else None
 
 
 def train(cfg: TrainConfig, on_step: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
@@ -337,7 +357,11 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int], None]] = None) -> 
         if ckpt_path.exists():
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
             saved = ckpt["train_config"]
-            changed = [k for k in RESUME_KEYS if saved.get(k) != dataclasses.asdict(cfg)[k]]
+            now = dataclasses.asdict(cfg)
+            keys = RESUME_KEYS + (("steps",) if cfg.schedule == "cosine" else ())
+            changed = [k for k in keys if _as_tuple(saved.get(k)) != _as_tuple(now[k])]
+            if ckpt["step"] > cfg.steps:
+                changed.append(f"steps: the checkpoint is at step {ckpt['step']} > --steps {cfg.steps}")
             if changed or ckpt["model_config"] != dataclasses.asdict(model.config):
                 raise ValueError(f"{ckpt_path} was written by a different run (changed: "
                                  f"{changed or 'model config'}); rerun with the same settings "
@@ -353,8 +377,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int], None]] = None) -> 
                 torch.manual_seed(sample_seed(cfg.seed, 1_000_000 * step + rank))
         else:
             torch.manual_seed(sample_seed(cfg.seed, rank))
-        if rank == 0:
-            _truncate_log(out / LOG_NAME, step)
+        last_loss = _truncate_log(out / LOG_NAME, step) if rank == 0 else None
 
         objective = _Objective(model, with_labels=kind != "tokenizer")
         if world_size > 1:
@@ -380,7 +403,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int], None]] = None) -> 
         log_file = files.enter_context(open(out / LOG_NAME, "a")) if rank == 0 else None
         bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0 or not cfg.progress,
                    desc=cfg.model, dynamic_ncols=True)
-        start, sums, count, final_loss = time.time(), {}, 0, None
+        start, sums, count, final_loss = time.time(), {}, 0, last_loss
         while step < cfg.steps:
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
