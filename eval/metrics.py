@@ -20,10 +20,9 @@ from typing import Any, Dict, Iterator, Optional, Tuple, Union
 import numpy as np
 import scipy.linalg
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from vargen.data.folder import list_images
+from vargen.data.folder import list_images, open_rgb
 from vargen.eval.inception import InceptionFeatures
 from vargen.eval.stats import FeatureStats, check_images_nhwc, load_stats, npz_image_batches, save_stats
 from vargen.images import to_uint8
@@ -162,7 +161,7 @@ def _folder_batches(root: Path, batch_size: int, limit: Optional[int]) -> Iterat
         raise ValueError(f"no images found under {root}")
     batch: list = []
     for f in files:
-        image = torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1)
+        image = torch.from_numpy(np.asarray(open_rgb(f))).permute(2, 0, 1)
         if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
             yield torch.stack(batch)
             batch = []

@@ -37,3 +37,32 @@ def test_image_folder_labels_from_subfolders(tmp_path):
     assert len(get_dataset(str(tmp_path))) == 2
     with pytest.raises(KeyError, match="unknown dataset"):
         get_dataset("imagenet")
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1))
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    x, _ = ImageFolderDataset(tmp_path, 32)[0]
+    row = x[0, 16]
+    assert row[0] == -1 and row[-1] == 1 and (row.diff() >= 0).all() and abs(row.mean()) < 0.05
+
+
+def test_mixed_folder_layout_is_refused(tmp_path):
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "stray.png")
+    with pytest.raises(ValueError, match="mixes images at its top level"):
+        ImageFolderDataset(tmp_path, 8)
+
+
+def test_token_cache_key_follows_the_folder_contents(tmp_path):
+    from vargen.data.cache import cache_path
+    key = lambda folder: cache_path(tmp_path / "cache", "f" * 64, str(folder), "train", 32)
+    for project in ("a", "b"):
+        (tmp_path / project / "imgs").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / project / "imgs" / "0.png")
+    first = key(tmp_path / "a" / "imgs")
+    assert first != key(tmp_path / "b" / "imgs")  # same folder name, another project
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "imgs" / "1.png")
+    assert key(tmp_path / "a" / "imgs") != first  # images added
+    assert cache_path(tmp_path, "f" * 64, "mnist", "train", 32).name.startswith("mnist-train-32px-")

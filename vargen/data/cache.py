@@ -48,9 +48,23 @@ def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def folder_fingerprint(root: PathLike) -> str:
+    """sha256 over an image folder's absolute path and its files' names, sizes and mtimes: two
+    folders with the same name, or a folder whose images changed, get different cache entries."""
+    from vargen.data.folder import list_images
+    root = Path(root).resolve()
+    digest = hashlib.sha256(str(root).encode())
+    for f in list_images(root):
+        stat = f.stat()
+        digest.update(f"{f.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
 def cache_path(cache_dir: PathLike, fingerprint: str, dataset: str, split: str,
                image_size: int) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(dataset)).strip("_")
+    if Path(dataset).is_dir():  # a folder: its contents are part of the key, not just its name
+        safe += "-" + folder_fingerprint(dataset)[:12]
     return Path(cache_dir) / f"{safe}-{split}-{image_size}px-{fingerprint[:16]}.safetensors"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -14,7 +15,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 def list_images(root: Path) -> List[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """An image file as 8-bit RGB. 16-bit grayscale (PNG mode I;16 / I) is scaled to 8 bits:
+    PIL's own convert("RGB") clips it at 255, which turns it almost white."""
+    image = Image.open(path)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        pixels = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
 
 
 class ImageFolderDataset(Dataset):
@@ -25,7 +36,11 @@ class ImageFolderDataset(Dataset):
         self.files = list_images(self.root)
         if not self.files:
             raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
-        classes = sorted({f.parent.relative_to(self.root).as_posix() for f in self.files} - {"."})
+        folders = {f.parent.relative_to(self.root).as_posix() for f in self.files}
+        classes = sorted(folders - {"."})
+        if classes and "." in folders:
+            raise ValueError(f"{root} mixes images at its top level with class subfolders "
+                             f"{classes[:5]}: use root/<class>/*.png for every image, or a flat folder")
         self.class_to_idx = {c: i for i, c in enumerate(classes)}
         self.image_size = image_size
 
@@ -34,7 +49,7 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
         path = self.files[i]
-        image = Image.open(path).convert("RGB")
+        image = open_rgb(path)
         # Center crop to a square then resize (ADM's center-crop convention).
         side = min(image.size)
         image = TF.center_crop(image, [side, side]).resize((self.image_size,) * 2, Image.BICUBIC)
