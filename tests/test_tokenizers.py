@@ -312,3 +312,15 @@ def test_bad_configs_are_rejected():
         VQTokenizer(vargen.model_config("llamagen-vq-tiny", ch=16))
     with pytest.raises(ValueError, match="attention levels"):
         KLTokenizer(vargen.model_config("mar-kl-tiny", encoder_attn_levels=(7,)))
+
+
+@pytest.mark.parametrize("name", ["llamagen-vq-tiny", "mar-kl-tiny"])
+def test_inputs_are_cast_to_the_weights_dtype_and_range_is_checked(name):
+    tok = vargen.create_model(name).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        same = tok.encode(x)
+        assert torch.equal(tok.encode(x.double()), same)  # float64 in: cast, not a conv dtype error
+        assert tok.decode(same.double() if same.is_floating_point() else same).dtype == torch.float32
+        with pytest.raises(ValueError, match=r"from \[0, 255\] use x / 127.5 - 1"):
+            tok.encode(x * 127.5 + 127.5)

@@ -33,13 +33,23 @@ class Tokenizer(VargenModule):
                              f"{self.downsample}, got {h}x{w}")
         return h // self.downsample, w // self.downsample
 
-    def check_images(self, x: torch.Tensor) -> None:
+    def check_images(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` checked ([B, 3, H, W] floats in [-1, 1], sides divisible by the downsample factor)
+        and cast to the tokenizer's weight dtype."""
         if not torch.is_floating_point(x):
             raise TypeError(f"images must be float tensors in [-1, 1], got {x.dtype} "
                             f"(convert uint8 with x / 127.5 - 1)")
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(x.shape)}")
         self.token_grid(tuple(x.shape[-2:]))
+        if x.numel() and (x.min() < -1.5 or x.max() > 1.5):  # [0, 255] floats, not a rounding slip
+            raise ValueError(f"images must be in [-1, 1], got values in [{x.min():.3g}, {x.max():.3g}] "
+                             f"(from [0, 255] use x / 127.5 - 1)")
+        return x.to(self.weight_dtype)
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -117,8 +117,7 @@ class KLTokenizer(Tokenizer):
 
     def posterior(self, images: torch.Tensor) -> DiagonalGaussian:
         """The unscaled posterior over latents ``[B, 16, h, w]``."""
-        self.check_images(images)
-        return DiagonalGaussian(self.quant_conv(self.encoder(images)))
+        return DiagonalGaussian(self.quant_conv(self.encoder(self.check_images(images))))
 
     def encode(self, images: torch.Tensor, sample: bool = False,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -141,7 +140,7 @@ class KLTokenizer(Tokenizer):
         if latents.dim() != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"latents must be [B, {self.latent_channels}, h, w], "
                              f"got {tuple(latents.shape)}")
-        return self._decode_unscaled(latents / self.config.scale_factor)
+        return self._decode_unscaled(latents.to(self.weight_dtype) / self.config.scale_factor)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstruction from the posterior mean."""

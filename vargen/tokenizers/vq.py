@@ -146,8 +146,7 @@ class VQTokenizer(Tokenizer):
         return ids.long()
 
     def _latents(self, images: torch.Tensor) -> torch.Tensor:
-        self.check_images(images)
-        return self.quant_conv(self.encoder(images))  # [B, D, h, w]
+        return self.quant_conv(self.encoder(self.check_images(images)))  # [B, D, h, w]
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Pixels ``[B, 3, H, W]`` in [-1, 1] -> ids ``[B, H/ds, W/ds]`` (long)."""
