@@ -224,7 +224,11 @@ def video_batches(source: Union[str, Path, torch.Tensor, np.ndarray], batch_size
     """``[B, 3, T, H, W]`` batches from a tensor (uint8 or [-1, 1]), a uint8 ``[N, T, H, W, 3]`` array,
     or an ``.npz`` whose ``arr_0`` is one. ``num_frames`` keeps the first T frames."""
     if isinstance(source, (str, Path)):
-        source = load_npz(source)["arr_0"]
+        data = load_npz(source)
+        if "arr_0" not in data.files:
+            raise ValueError(f"{source} holds no arr_0 videos (keys: {data.files}); only the real "
+                             f"side may be precomputed statistics")
+        source = data["arr_0"]
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim != 5 or source.shape[-1] != 3:
             raise ValueError(f"expected uint8 videos [N, T, H, W, 3], got {source.dtype} {source.shape}")

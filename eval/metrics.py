@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vargen.data.folder import list_images, open_rgb
-from vargen.eval.inception import InceptionFeatures
+from vargen.eval.inception import RANDOM_SOURCE, InceptionFeatures
 from vargen.eval.stats import FeatureStats, check_images_nhwc, load_stats, npz_image_batches, save_stats
 from vargen.images import to_uint8
 
@@ -213,14 +213,22 @@ def compute_metrics(samples: ImageSource, reference: ImageSource, *, fid: bool =
     need_features = kid or prc
     ref_stats = load_stats(reference) if isinstance(reference, (str, Path)) and str(reference).endswith(".npz") else None
     if ref_stats is not None and need_features:
-        raise ValueError(f"{reference} holds only mu/sigma; KID and precision/recall need reference images "
-                         "(an arr_0 .npz, a folder or a dataset)")
+        if not ref_stats["has_images"]:
+            raise ValueError(f"{reference} holds only mu/sigma; KID and precision/recall need reference images "
+                             "(an arr_0 .npz, a folder or a dataset)")
+        ref_stats = None  # an ADM reference batch: every metric from its arr_0 images
     if extractor is None:
         extractor = InceptionFeatures(weights, allow_random=allow_random)
         if device is not None:
             extractor.to(device)
     keep = max_features if need_features else 0
     result: Dict[str, Any] = {**extractor.describe(), "protocol": PROTOCOL}
+    ref_weights = ref_stats and ref_stats["inception_weights"]
+    if ref_weights:
+        result["reference_inception_weights"] = ref_weights
+        if (RANDOM_SOURCE == ref_weights) != extractor.random_weights:
+            raise ValueError(f"{reference} was computed with Inception weights {ref_weights!r}, the samples "
+                             f"with {extractor.weights_source!r}: FID between them is meaningless")
     if isc and not extractor.has_logits:
         result["inception_score"] = None
         result["inception_score_note"] = (f"not available: the Inception weights ({extractor.weights_source}) have "

@@ -97,14 +97,17 @@ def load_npz(path: Union[str, Path]) -> Dict[str, np.ndarray]:
         raise ValueError(f"{path} is not a readable .npz file: {e}") from e
 
 
-def load_stats(path: Union[str, Path]) -> Optional[Dict[str, np.ndarray]]:
-    """``{"mu", "sigma"}`` stored in an ADM/MAR ``.npz``, or None when it holds only images."""
+def load_stats(path: Union[str, Path]) -> Optional[Dict[str, Any]]:
+    """``{"mu", "sigma", "has_images", "inception_weights"}`` of an ADM/MAR ``.npz`` that stores
+    statistics (``has_images``: it also holds ``arr_0``; ``inception_weights``: what vargen's
+    ``ref-stats`` recorded, else None), or None when it holds only images."""
     data = load_npz(path)
     if "mu" in data.files and "sigma" in data.files:
         mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
             raise ValueError(f"{path}: expected mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
-        return {"mu": mu, "sigma": sigma}
+        weights = str(data["inception_weights"]) if "inception_weights" in data.files else None
+        return {"mu": mu, "sigma": sigma, "has_images": "arr_0" in data.files, "inception_weights": weights}
     if "arr_0" not in data.files:
         raise ValueError(f"{path} has neither mu/sigma nor arr_0 images (keys: {data.files})")
     return None

@@ -2,6 +2,7 @@
 and distributed resumable sampling (2 gloo processes == 1 process; interrupted + resumed == uninterrupted)."""
 import importlib.util
 import json
+import types
 
 import numpy as np
 import pytest
@@ -101,6 +102,18 @@ def test_adm_npz_round_trip_and_cli_fid_of_a_set_against_its_reference_stats(tmp
     assert "RANDOM WEIGHTS" in capsys.readouterr().out
     with pytest.raises(ValueError, match="KID and precision/recall need reference images"):
         ev.m.compute_metrics(images, tmp_path / "ref.npz", extractor=object(), kid=True)
+    # Statistics made with random weights never meet samples scored with real ones.
+    real = types.SimpleNamespace(random_weights=False, weights_source="real.pth", has_logits=False,
+                                 describe=lambda: {})
+    with pytest.raises(ValueError, match="meaningless"):
+        ev.m.compute_metrics(images, tmp_path / "ref.npz", extractor=real)
+    # An ADM reference batch (arr_0 + mu/sigma): KID and precision/recall use its images.
+    stats = load_stats(tmp_path / "ref.npz")
+    save_npz(tmp_path / "adm.npz", arr_0=images, mu=stats["mu"], sigma=stats["sigma"])
+    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+        both = ev.m.compute_metrics(images, tmp_path / "adm.npz", weights="random", allow_random=True,
+                                    fid=False, kid=True, kid_subset_size=6, batch_size=6)
+    assert both["num_reference"] == 6 and abs(both["kid"]) < 1e-2  # identical sets
     assert main(["fid", str(tmp_path / "missing.npz"), str(tmp_path / "ref.npz")] + random) == 2
 
 
@@ -132,6 +145,12 @@ def test_converted_fid_helper_weights_equal_its_torchscript(ev, tmp_path, monkey
     assert (extractor(x)["2048"] - expected).abs().max().item() < 1e-5
     result = ev.m.compute_metrics(x, x, extractor=extractor, isc=True, fid=False)
     assert result["inception_score"] is None and "no 1008-way classifier" in result["inception_score_note"]
+
+
+def test_fvd_generated_side_must_be_videos(tmp_path, ev):
+    save_stats(tmp_path / "v.npz", np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="holds no arr_0 videos"):
+        next(ev.fvd.video_batches(tmp_path / "v.npz"))
 
 
 def test_fvd_identical_clips_zero_with_random_i3d(ev):
