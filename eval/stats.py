@@ -114,10 +114,13 @@ def load_stats(path: Union[str, Path]) -> Optional[Dict[str, Any]]:
 
 
 def check_images_nhwc(images: np.ndarray, where: str = "images") -> np.ndarray:
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{where}: expected uint8 [N, H, W, 3] images (ADM arr_0), got "
-                         f"{images.dtype} {tuple(images.shape)}")
+    _check_nhwc(images.dtype, images.shape, where)
     return images
+
+
+def _check_nhwc(dtype: np.dtype, shape: tuple, where: str) -> None:
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"{where}: expected uint8 [N, H, W, 3] images (ADM arr_0), got {dtype} {tuple(shape)}")
 
 
 def npz_image_batches(path: Union[str, Path], batch_size: int, limit: Optional[int] = None
@@ -133,7 +136,7 @@ def npz_image_batches(path: Union[str, Path], batch_size: int, limit: Optional[i
             raise ValueError(f"{path} has no arr_0 images (members: {z.namelist()})")
         with z.open("arr_0.npy") as f:
             shape, fortran, dtype = _read_npy_header(f)
-            check_images_nhwc(np.empty((0,) + tuple(shape[1:]) if len(shape) == 4 else shape, dtype), str(path))
+            _check_nhwc(dtype, shape, str(path))  # from the header: nothing is read yet
             if fortran:
                 raise ValueError(f"{path}: arr_0 is Fortran-ordered; save it C-contiguous")
             n = shape[0] if limit is None else min(limit, shape[0])
