@@ -163,8 +163,9 @@ def load_official_checkpoint(path: Union[str, Path], prefer_ema: bool = False) -
 
     Accepts ``{"model": sd}``, ``{"module": sd}``, ``{"state_dict": sd}``, EMA layouts, or a raw
     state dict; ``prefer_ema`` tries the EMA keys first (MAR / xAR evaluate the EMA, LlamaGen's
-    sample scripts take "model"), as it always does for ``vargen train``'s ``checkpoint.pt``. ``argparse.Namespace`` (stored as ``args`` by LlamaGen/MAR
-    training) is the only non-tensor class allowed.
+    sample scripts take "model"), as it always does for ``vargen train``'s ``checkpoint.pt``.
+    ``argparse.Namespace`` (stored as ``args`` by LlamaGen/MAR training) is the only non-tensor
+    class allowed.
     """
     path = str(path)
     if path.endswith(".safetensors"):
