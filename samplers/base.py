@@ -45,8 +45,10 @@ class Sampler:
             raise TypeError(f"the {self.name!r} sampler cannot drive {type(model).__name__}; "
                             f"it supports {list(supported)}")
         labels = torch.as_tensor(labels)
-        if labels.dim() != 1:
-            raise ValueError(f"class labels must be a 1-D tensor [B], got shape {tuple(labels.shape)}")
+        if labels.dim() != 1 or labels.dtype not in (torch.int64, torch.int32):
+            # Never truncate float ids or flatten a 2-D batch: either is a caller's mistake.
+            raise ValueError(f"class_labels must be integer class ids of shape [B], got dtype "
+                             f"{labels.dtype} shape {tuple(labels.shape)}")
         model.cls_embedding.check(labels, allow_null=False)
         if len(rng) != labels.shape[0]:
             raise ValueError(f"{len(rng)} per-sample generators for {labels.shape[0]} labels")

@@ -34,18 +34,22 @@ def _add_list(sub):
     p.set_defaults(run=run)
 
 
-SAMPLING_OPTIONS = ("cfg_scale", "cfg_schedule", "num_steps", "temperature", "top_k", "top_p")
+# Sampler options the CLIs expose: option name -> argparse keywords (flag: --option-name).
+SAMPLING_OPTIONS: Dict[str, dict] = {
+    "cfg_scale": dict(type=float),
+    "cfg_schedule": dict(choices=("constant", "linear")),
+    "num_steps": dict(type=int, help="flow steps per entity (xAR)"),
+    "temperature": dict(type=float),
+    "top_k": dict(type=int),
+    "top_p": dict(type=float),
+}
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """``--sampler`` and the common sampler options (unset ones keep the pipeline's defaults)."""
     p.add_argument("--sampler", default=None, help="override the pipeline's sampler")
-    p.add_argument("--cfg-scale", type=float, default=None)
-    p.add_argument("--cfg-schedule", choices=("constant", "linear"), default=None)
-    p.add_argument("--num-steps", type=int, default=None, help="flow steps per entity (xAR)")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    for name, kwargs in SAMPLING_OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), default=None, **kwargs)
 
 
 def sampling_options(args: argparse.Namespace) -> dict:

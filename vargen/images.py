@@ -15,14 +15,14 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def image_format(path: Union[str, Path]) -> str:
-    """PIL's format name for ``path``'s suffix (no suffix: PNG); an unknown suffix is an error
-    before any work is done, not after sampling."""
+    """PIL's format name for ``path``'s suffix (no suffix: PNG); a suffix PIL cannot write is an
+    error before any work is done, not after sampling."""
     from PIL import Image
     suffix = Path(path).suffix.lower()
     if not suffix:
         return "PNG"
-    formats = Image.registered_extensions()
-    if suffix not in formats:
+    formats = Image.registered_extensions()  # also loads the plugins that fill Image.SAVE
+    if formats.get(suffix) not in Image.SAVE:
         raise ValueError(f"cannot write {path}: {suffix!r} is not an image suffix PIL can write "
                          f"(e.g. .png, .jpg, .webp)")
     return formats[suffix]

@@ -95,13 +95,10 @@ class Pipeline:
                  sample_offset: int = 0, sampler: Any = None, batch_size: int = 64,
                  progress: bool = False, **sampling_options: Any) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` in [-1, 1] for ``class_labels`` (a sequence or 1-D tensor of ints)."""
-        labels = torch.as_tensor(class_labels)
+        labels = torch.as_tensor(class_labels)  # dtype and shape are the sampler's check_labels
+        labels = labels.reshape(1) if labels.dim() == 0 else labels
         if labels.numel() == 0:
             raise ValueError("class_labels is empty: pass at least one class id")
-        if labels.dim() > 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise ValueError(f"class_labels must be integer class ids of shape [B], got dtype "
-                             f"{labels.dtype} shape {tuple(labels.shape)}")
-        labels = labels.reshape(-1).long()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         sampler = self.make_sampler(sampler, **sampling_options)
