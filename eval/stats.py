@@ -22,8 +22,9 @@ from vargen.hub import atomic_write
 
 
 class FeatureStats:
-    """Running mean / covariance of ``[B, D]`` features in float64; optionally keeps the first
-    ``keep`` raw feature rows (float32) for KID / precision-recall."""
+    """Running mean / covariance of ``[B, D]`` features in float64, summed on the features' device (a
+    GPU does the ``D x D`` products); optionally keeps the first ``keep`` raw feature rows (float32,
+    on the CPU) for KID / precision-recall."""
 
     def __init__(self, keep: int = 0):
         self.keep = keep
@@ -36,31 +37,32 @@ class FeatureStats:
     def update(self, features: torch.Tensor) -> None:
         if features.dim() != 2:
             raise ValueError(f"expected features [B, D], got shape {tuple(features.shape)}")
-        x = features.detach().to("cpu", torch.float64)
+        x = features.detach().double()
         if self.sum is None:
-            self.sum = torch.zeros(x.shape[1], dtype=torch.float64)
-            self.outer = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+            self.sum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+            self.outer = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
         elif x.shape[1] != self.sum.shape[0]:
             raise ValueError(f"feature width changed from {self.sum.shape[0]} to {x.shape[1]}")
+        x = x.to(self.sum.device)
         self.n += x.shape[0]
         self.sum += x.sum(0)
         self.outer += x.T @ x
         if self._n_kept < self.keep:
-            take = x[: self.keep - self._n_kept].float()
+            take = x[: self.keep - self._n_kept].float().cpu()
             self._kept.append(take)
             self._n_kept += take.shape[0]
 
     @property
     def mu(self) -> np.ndarray:
         self._check(1)
-        return (self.sum / self.n).numpy()
+        return (self.sum / self.n).cpu().numpy()
 
     @property
     def sigma(self) -> np.ndarray:
         """Unbiased covariance (``N - 1``), as ``np.cov`` / ADM / torch-fidelity."""
         self._check(2)
         mu = self.sum / self.n
-        return ((self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)).numpy()
+        return ((self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)).cpu().numpy()
 
     @property
     def features(self) -> torch.Tensor:
