@@ -51,7 +51,6 @@ RANDOM_SOURCE = "RANDOM WEIGHTS (untrained network; numbers are meaningless)"
 FEATURE_DIM = 2048
 NUM_LOGITS = 1008
 SPATIAL_CHANNELS = 7  # ADM: mixed_6/conv:0[..., :7]
-SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
 
 HOW_TO_SUPPLY = (
     "Supply Inception weights in one of these ways (no download is attempted):\n"
