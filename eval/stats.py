@@ -2,13 +2,15 @@
 
 ADM's evaluator (https://github.com/openai/guided-diffusion/tree/main/evaluations) stores reference
 batches as ``.npz`` files: ``arr_0`` = uint8 ``[N, H, W, 3]`` images and/or precomputed ``mu``,
-``sigma`` (pool3 mean and covariance). MAR/xAR's ``fid_stats/adm_in256_stats.npz`` holds only
-``mu``/``sigma``. Statistics are accumulated as float64 sums (``sum x`` and ``sum x x^T``), so
-memory stays flat in the number of samples; raw features are kept only when KID or
-precision/recall need them, up to ``keep`` rows.
+``sigma`` (pool3 mean and covariance) and ``mu_s``, ``sigma_s`` (the same of the 2023-d
+``mixed_6/conv`` spatial features, for sFID). MAR/xAR's ``fid_stats/adm_in256_stats.npz`` holds only
+``mu``/``sigma``. Statistics are accumulated as float64 sums (``sum x`` and ``sum x x^T``), so memory
+stays flat in the number of samples; raw features are kept only when KID or precision/recall need
+them, up to ``keep`` rows.
 """
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Union
@@ -20,8 +22,9 @@ from vargen.hub import atomic_write
 
 
 class FeatureStats:
-    """Running mean / covariance of ``[B, D]`` features in float64; optionally keeps the first
-    ``keep`` raw feature rows (float32) for KID / precision-recall."""
+    """Running mean / covariance of ``[B, D]`` features in float64, summed on the features' device (a
+    GPU does the ``D x D`` products); optionally keeps the first ``keep`` raw feature rows (float32,
+    on the CPU) for KID / precision-recall."""
 
     def __init__(self, keep: int = 0):
         self.keep = keep
@@ -34,31 +37,32 @@ class FeatureStats:
     def update(self, features: torch.Tensor) -> None:
         if features.dim() != 2:
             raise ValueError(f"expected features [B, D], got shape {tuple(features.shape)}")
-        x = features.detach().to("cpu", torch.float64)
+        x = features.detach().double()
         if self.sum is None:
-            self.sum = torch.zeros(x.shape[1], dtype=torch.float64)
-            self.outer = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+            self.sum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+            self.outer = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
         elif x.shape[1] != self.sum.shape[0]:
             raise ValueError(f"feature width changed from {self.sum.shape[0]} to {x.shape[1]}")
+        x = x.to(self.sum.device)
         self.n += x.shape[0]
         self.sum += x.sum(0)
         self.outer += x.T @ x
         if self._n_kept < self.keep:
-            take = x[: self.keep - self._n_kept].float()
+            take = x[: self.keep - self._n_kept].float().cpu()
             self._kept.append(take)
             self._n_kept += take.shape[0]
 
     @property
     def mu(self) -> np.ndarray:
         self._check(1)
-        return (self.sum / self.n).numpy()
+        return (self.sum / self.n).cpu().numpy()
 
     @property
     def sigma(self) -> np.ndarray:
         """Unbiased covariance (``N - 1``), as ``np.cov`` / ADM / torch-fidelity."""
         self._check(2)
         mu = self.sum / self.n
-        return ((self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)).numpy()
+        return ((self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)).cpu().numpy()
 
     @property
     def features(self) -> torch.Tensor:
@@ -71,8 +75,13 @@ class FeatureStats:
             raise ValueError(f"need at least {n} samples for statistics, have {self.n}")
 
 
-def save_stats(path: Union[str, Path], mu: np.ndarray, sigma: np.ndarray, **extra: Any) -> Path:
-    """Write ADM-style ``mu``/``sigma`` (plus any extra arrays) atomically."""
+def save_stats(path: Union[str, Path], mu: np.ndarray, sigma: np.ndarray, mu_s: Optional[np.ndarray] = None,
+               sigma_s: Optional[np.ndarray] = None, **extra: Any) -> Path:
+    """Write ADM-style ``mu``/``sigma`` (and spatial ``mu_s``/``sigma_s``, plus any extra arrays) atomically."""
+    if (mu_s is None) != (sigma_s is None):
+        raise ValueError("give both mu_s and sigma_s, or neither")
+    if mu_s is not None:
+        extra.update(mu_s=np.asarray(mu_s, np.float64), sigma_s=np.asarray(sigma_s, np.float64))
     return save_npz(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
 
 
@@ -83,6 +92,13 @@ def save_npz(path: Union[str, Path], **arrays: Any) -> Path:
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to the temp name
             np.savez(f, **arrays)
     atomic_write(path, write)
+    return path
+
+
+def write_json(path: Union[str, Path], obj: Any) -> Path:
+    """``obj`` as indented JSON (non-JSON values as ``str``), written atomically."""
+    path = Path(path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str)))
     return path
 
 
@@ -98,16 +114,25 @@ def load_npz(path: Union[str, Path]) -> Dict[str, np.ndarray]:
 
 
 def load_stats(path: Union[str, Path]) -> Optional[Dict[str, Any]]:
-    """``{"mu", "sigma", "has_images", "inception_weights"}`` of an ADM/MAR ``.npz`` that stores
-    statistics (``has_images``: it also holds ``arr_0``; ``inception_weights``: what vargen's
-    ``ref-stats`` recorded, else None), or None when it holds only images."""
+    """``{"mu", "sigma", "mu_s", "sigma_s", "has_images", "inception_weights"}`` of an ADM/MAR ``.npz``
+    that stores statistics, or None when it holds only images. ``mu_s``/``sigma_s`` (sFID) are None
+    when absent (MAR's stats files); ``has_images``: it also holds ``arr_0``; ``inception_weights``:
+    what vargen's ``ref-stats`` recorded, else None."""
     data = load_npz(path)
     if "mu" in data.files and "sigma" in data.files:
-        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-        if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-            raise ValueError(f"{path}: expected mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
+        out: Dict[str, Any] = {"mu_s": None, "sigma_s": None}
+        for m, c in (("mu", "sigma"), ("mu_s", "sigma_s")):
+            if m not in data.files and c not in data.files:
+                continue
+            if m not in data.files or c not in data.files:
+                raise ValueError(f"{path}: has {c if m not in data.files else m} without "
+                                 f"{m if m not in data.files else c}")
+            mu, sigma = data[m].astype(np.float64), data[c].astype(np.float64)
+            if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+                raise ValueError(f"{path}: expected {m} [D] and {c} [D, D], got {mu.shape} and {sigma.shape}")
+            out[m], out[c] = mu, sigma
         weights = str(data["inception_weights"]) if "inception_weights" in data.files else None
-        return {"mu": mu, "sigma": sigma, "has_images": "arr_0" in data.files, "inception_weights": weights}
+        return {**out, "has_images": "arr_0" in data.files, "inception_weights": weights}
     if "arr_0" not in data.files:
         raise ValueError(f"{path} has neither mu/sigma nor arr_0 images (keys: {data.files})")
     return None
