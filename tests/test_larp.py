@@ -32,6 +32,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TINY_FILE = FIXTURES / "larp_official_tiny.safetensors"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny ops: thread hand-offs, not arithmetic, dominate on a shared CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def official():
     tensors = load_file(TINY_FILE)
@@ -213,16 +222,13 @@ def test_training_loss_falls_on_a_tiny_fit():
     model = LARPTokenizer(LARP_TINY).train()
     clip = _clip(2, seed=3)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses, threads = [], torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: thread hand-offs dominate on a shared CPU
-    try:
-        for _ in range(30):
-            loss, logs = model.training_loss(clip, None)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(logs["rec_loss"])
-    finally:
-        torch.set_num_threads(threads)
+    losses = []
+    for _ in range(30):
+        loss, logs = model.training_loss(clip, None)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(logs["rec_loss"])
     assert set(logs) == {"loss", "rec_loss", "loss_q"}
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+
