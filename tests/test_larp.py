@@ -232,3 +232,23 @@ def test_training_loss_falls_on_a_tiny_fit():
     assert set(logs) == {"loss", "rec_loss", "loss_q"}
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
 
+
+# ----------------------------------------------------------------------------- NAR video pipelines
+def test_nar_video_pipelines_are_registered_with_the_paper_settings():
+    from vargen.pipeline import get_pipeline_spec
+    for size in ("l", "lp"):
+        spec = get_pipeline_spec(f"nar-video-{size}")
+        assert (spec.tokenizer, spec.generator, spec.sampler) == ("larp-l-long", f"nar-video-{size}", "neighbor")
+        assert spec.sampler_options == {"cfg_scale": 1.25}
+
+
+def test_larp_nar_pipeline_runs_34_passes_on_the_official_grid():
+    # LARP with the released 1024 tokens at tiny widths + a tiny NAR video trunk on 4x16x16.
+    from vargen.pipeline import Pipeline
+    tokenizer = LARPTokenizer(dataclasses.replace(LARP_TINY, bottleneck_token_num=1024))
+    generator = vargen.create_model("nar-video-tiny", vocab_size=32, latent_shape=(4, 16, 16))
+    pipe = Pipeline(tokenizer, generator, "neighbor", {"cfg_scale": 1.25}, name="nar-video-tiny")
+    videos = pipe.generate([1, 2], seed=0)
+    assert videos.shape == (2, 3, 4, 16, 16)
+    assert pipe.last_stats["forward_passes_total"] == 4 + 16 + 16 - 2 == 34
+    torch.testing.assert_close(pipe.generate([2], seed=0, sample_offset=1), videos[1:], atol=1e-6, rtol=0)
