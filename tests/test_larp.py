@@ -2,7 +2,8 @@
 official loading (training prior dropped by name), shapes, seeding and input errors.
 
 Fixtures (``tests/fixtures``), written by the official code (hywang66/LARP @ 8aaed63, timm 1.0.11)
-in a scratch venv, never imported here:
+in a separate venv by ``tests/fixtures/make_larp_fixtures.py``; the official code is never
+imported here:
 
 - ``larp_official_keys_full.json``: key -> shape of the official ``LARPTokenizer`` built with the
   released config (``cfgs/larp_tokenizer.yaml`` + the reproduce script's overrides), gptc-S prior
