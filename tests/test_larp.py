@@ -193,6 +193,16 @@ def test_stochastic_encoding_is_seeded_per_clip(tiny):
         tiny.encode(clips, rng=SampleRNG(0, 2))
 
 
+def test_stochastic_codes_follow_the_softmax_of_cosine_over_temperature(official, tiny):
+    clip = official[1]["input.video01"][:1] * 2 - 1
+    n = 2000
+    ids = tiny.encode(clip.expand(n, -1, -1, -1, -1), rng=3)  # [n, 16], one generator per row
+    cos = torch.einsum("bnd,vd->bnv", official[1]["output.z"][:1], tiny.bottleneck.regularizer.codebook())
+    probs = (cos / 0.03).softmax(-1)[0]  # [16, 32], LARP's stochastic_temperature
+    freq = torch.nn.functional.one_hot(ids, 32).double().mean(0)  # [16, 32]
+    assert (freq - probs).abs().max() < 4 * (0.25 / n) ** 0.5  # 4 sigma of a Bernoulli mean
+
+
 @pytest.mark.parametrize("shape, match", [
     ((1, 3, 4, 12, 12), r"\(T, H, W\) = \(4, 16, 16\)"),
     ((1, 3, 3, 16, 16), r"\(T, H, W\) = \(4, 16, 16\)"),

@@ -306,7 +306,7 @@ class LARPTokenizer(Tokenizer):
             rng = SampleRNG(rng, probs.shape[0], device=probs.device)
         if len(rng) != probs.shape[0]:
             raise ValueError(f"rng has {len(rng)} generators for a batch of {probs.shape[0]} clips")
-        return sample_from_probs(probs, rng.rand(probs.shape[1]))
+        return sample_from_probs(probs, rng.rand(probs.shape[1]).to(probs.device))  # [B, N]
 
     # ----------------------------------------------------------------------------- decoder
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
