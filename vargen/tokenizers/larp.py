@@ -411,11 +411,13 @@ def config_from_official(values: Mapping[str, Any]) -> LARPConfig:
     if unknown:
         raise ValueError(f"unknown official LARP argument(s) {unknown}")
     unsupported = {k: v[k] for k, want in _OFFICIAL_FIXED.items() if v[k] != want}
+    same_as_transformer = ("none", "no", "null", "", _OFFICIAL_FIXED["transformer_name"])
     for name in ("encoder_name", "decoder_name"):
-        if str(v.get(name) or "none").lower() not in ("none", "no", "null", "", _OFFICIAL_FIXED["transformer_name"]):
+        if str(v.get(name) or "none").lower() not in same_as_transformer:
             unsupported[name] = v[name]
-    if (v["decoder_temporal_patch_size"], v["decoder_patch_size"]) != (v["temporal_patch_size"], v["patch_size"]):
-        unsupported["decoder_patch_size"] = (v["decoder_temporal_patch_size"], v["decoder_patch_size"])
+    decoder_patch = (v["decoder_temporal_patch_size"], v["decoder_patch_size"])
+    if decoder_patch != (v["temporal_patch_size"], v["patch_size"]):
+        unsupported["decoder_patch_size"] = decoder_patch
     try:
         b = v["bottleneck"]["args"]
         reg = b["regularizer"]
