@@ -17,6 +17,12 @@ for _size in ("b", "m", "l", "xl", "xxl"):
 for _size, _cfg, _steps in (("b", 2.7, 40), ("l", 2.3, 50), ("h", 2.2, 50)):
     register_pipeline(f"xar-{_size}", tokenizer="mar-kl16", generator=f"xar-{_size}",
                       sampler="flow", cfg_scale=_cfg, num_steps=_steps)
+# NAR video (UCF-101, NAR Table 2): LARP's 1024 tokens in NAR's 4x16x16 order, T+H+W-2 = 34
+# passes, cfg 1.25 (paper and the NAR-videos README; top-k/top-p off, temperature 1). No NAR video
+# checkpoint is published: load_pipeline("nar-video-l", generator_weights=...).
+for _size in ("l", "lp"):
+    register_pipeline(f"nar-video-{_size}", tokenizer="larp-l-long", generator=f"nar-video-{_size}",
+                      sampler="neighbor", cfg_scale=1.25)
 
 # The models shipped in weights/ (models/mnist.py).
 register_pipeline("llamagen-mnist", tokenizer="vq-mnist", generator="llamagen-mnist",

@@ -224,7 +224,10 @@ def load_from(model_cls: type, config: Any, source: Union[str, Path],
             raise FileNotFoundError(f"checkpoint {source} does not exist")
         verify_sha256(source, sha256)
         state = load_official_checkpoint(source, getattr(model_cls, "official_checkpoint_ema", False))
-        if converter is not None and not source.endswith(".safetensors"):
+        # A .safetensors file is vargen's own layout, unless the family's official release is
+        # safetensors (``official_safetensors``, e.g. LARP), whose converter then applies.
+        if converter is not None and (not source.endswith(".safetensors")
+                                      or getattr(model_cls, "official_safetensors", False)):
             state = converter(state)
         model = model_cls(config)
         load_state_dict_strict(model, state, source=source)
