@@ -114,13 +114,16 @@ def _add_recon(sub):
     p.add_argument("--data", default="mnist:heldout", help="dataset (mnist:heldout) or image folder")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--no-fid", dest="fid", action="store_false", help="skip rFID (no Inception pass)")
+    p.add_argument("--fid-reference", default=None,
+                   help="ref-stats .npz of the same images (shares one Inception pass over the originals)")
     _add_inception_args(p)
 
     def run(args):
         from vargen.eval.recon import reconstruction_metrics
         from vargen.train import load_tokenizer
         tokenizer = load_tokenizer(args.tokenizer, args.device)
-        result = reconstruction_metrics(tokenizer, args.data, fid=args.fid, inception_weights=args.inception_weights,
+        result = reconstruction_metrics(tokenizer, args.data, fid=args.fid, fid_reference=args.fid_reference,
+                                        inception_weights=args.inception_weights,
                                         allow_random=args.inception_weights == "random", image_size=args.image_size,
                                         batch_size=args.batch_size, limit=args.limit, device=args.device)
         _print_table(f"{args.tokenizer} on {args.data}", {"tokenizer": args.tokenizer, **result})

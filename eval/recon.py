@@ -33,7 +33,8 @@ def reconstruct(tokenizer: nn.Module, images: torch.Tensor, batch_size: int = 10
     was_training = tokenizer.training
     tokenizer.eval()
     try:
-        device = next(tokenizer.parameters()).device
+        weight = next(tokenizer.parameters(), None)
+        device = images.device if weight is None else weight.device
         return torch.cat([tokenizer.decode(tokenizer.encode(x.to(device))).float().clamp(-1, 1).cpu()
                           for x in images.split(batch_size)])
     finally:
@@ -68,11 +69,17 @@ def lpips(reconstructions: torch.Tensor, images: torch.Tensor, batch_size: int =
 
 
 def reconstruction_metrics(tokenizer: nn.Module, data: Union[str, torch.Tensor] = "mnist:heldout", *,
-                           fid: bool = True, inception_weights: Union[str, Path, None] = None,
-                           allow_random: bool = False, image_size: int = 32, batch_size: int = 100,
+                           fid: bool = True, fid_reference: Union[str, Path, None] = None,
+                           inception_weights: Union[str, Path, None] = None, allow_random: bool = False,
+                           extractor: Any = None, image_size: int = 32, batch_size: int = 100,
                            limit: Optional[int] = None, device: Any = None) -> Dict[str, Any]:
-    """rFID / PSNR / SSIM (/ LPIPS) of ``tokenizer`` on a dataset name, image folder or ``[N, 3, H, W]``
-    tensor in [-1, 1]."""
+    """rFID / PSNR / SSIM (/ LPIPS) of ``tokenizer`` on a dataset (``"mnist:heldout"``; a name
+    without a split means its held-out split), an image folder, or ``[N, 3, H, W]`` in [-1, 1].
+
+    rFID compares the reconstructions with the originals, or with ``fid_reference`` (an ADM
+    ``.npz`` of the same images, e.g. from ``vargen ref-stats``, so several tokenizers share one
+    Inception pass over the originals). ``extractor`` replaces the Inception network (tests).
+    """
     from vargen.data import cache, get_dataset
     images = data if isinstance(data, torch.Tensor) else \
         cache.dataset_tensors(get_dataset(data, "heldout", image_size))["images"]
@@ -86,7 +93,8 @@ def reconstruction_metrics(tokenizer: nn.Module, data: Union[str, torch.Tensor] 
     result: Dict[str, Any] = {"num_images": len(images), "psnr": psnr.mean().item(), "ssim": ssim.mean().item()}
     if fid:
         from vargen.eval.metrics import compute_metrics
-        fid_result = compute_metrics(recon, images, weights=inception_weights, allow_random=allow_random,
+        fid_result = compute_metrics(recon, images if fid_reference is None else fid_reference,
+                                     extractor=extractor, weights=inception_weights, allow_random=allow_random,
                                      device=device, batch_size=batch_size)
         result["rfid"] = fid_result["fid"]
         result["inception_weights"] = fid_result["inception_weights"]
