@@ -388,13 +388,16 @@ class MingTok(Tokenizer):
         return rearrange(F.adaptive_avg_pool2d(fmap, grid), "b d h w -> b (h w) d")
 
     @torch.no_grad()
-    def fit_latent_normalization(self, images: torch.Tensor, batch_size: int = 250) -> Tuple[float, float]:
+    def fit_latent_normalization(self, images: torch.Tensor, batch_size: int = 250,
+                                 decimals: Optional[int] = None) -> Tuple[float, float]:
         """Set ``latent_mean`` / ``latent_scale`` to the mean and std of the raw patch latents of
-        ``images`` (as the released constants normalise MingTok-Vision's); reconstructions do not
-        change, since decoding undoes the normalisation."""
+        ``images`` (as the released constants normalise MingTok-Vision's), rounded to ``decimals``
+        if given; reconstructions do not change, since decoding undoes the normalisation."""
         z = torch.cat([self.low_level_encoder(self.check_images(x))[:, :-1]
                        for x in images.split(batch_size)]).double()
         mean, scale = z.mean().item(), z.std().item()
+        if decimals is not None:
+            mean, scale = round(mean, decimals), round(scale, decimals)
         self.config = dataclasses.replace(self.config, latent_mean=mean, latent_scale=scale)
         self.semantic_decoder.latent_mean, self.semantic_decoder.latent_scale = mean, scale
         return mean, scale
