@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import Mlp, PatchEmbed, SwiGLUPacked
 
-from vargen.nn import Attention, KVCache
+from vargen.nn import Attention
 from vargen.registry import Weights, register_model
 from vargen.tokenizers.base import Tokenizer
 
@@ -168,6 +168,8 @@ class SemanticDecoder(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         # latents: [B, n, latent_dim], normalised as MingTok.encode returns them
+        if latents.dim() != 3 or latents.shape[-1] != self.latent_dim:
+            raise ValueError(f"semantic decoder takes latents [B, n, {self.latent_dim}], got {tuple(latents.shape)}")
         return self.forward_raw(latents * self.latent_scale + self.latent_mean)
 
     def forward_raw(self, z: torch.Tensor) -> torch.Tensor:
@@ -183,9 +185,7 @@ class SemanticDecoder(nn.Module):
         """Start incremental decoding of up to ``max_len`` tokens per sequence."""
         weight = self.in_proj.weight
         for block in self.blocks:
-            a = block.attn
-            a.cache = KVCache(batch_size, a.n_head, max_len, a.head_dim, device or weight.device,
-                              dtype or weight.dtype)
+            block.attn.setup_cache(batch_size, max_len, device or weight.device, dtype or weight.dtype)
 
     def clear_cache(self) -> None:
         for block in self.blocks:
