@@ -4,12 +4,13 @@ for the exact commands and each model card for steps, wall time and measured qua
 
 32x32 digits -> 8x8 tokens (downsample 4). The discrete family (VQ tokenizer, LlamaGen raster,
 NAR) shares the 256-entry codebook; xAR runs on the KL tokenizer's 4-channel latents in 4x4
-cells (4 AR steps). Sizes are chosen so all of ``weights/`` stays well under 40 MB.
+cells (4 AR steps). MingTok (``mingtok-mnist``) gives the same 8x8x4 latent size as the KL
+tokenizer. Sizes are chosen so all of ``weights/`` stays well under 40 MB.
 """
 from __future__ import annotations
 
 from vargen.registry import Weights, register_model
-from vargen.tokenizers import KLConfig, KLTokenizer, VQConfig, VQTokenizer
+from vargen.tokenizers import KLConfig, KLTokenizer, MingTok, MingTokConfig, VQConfig, VQTokenizer
 
 from .llamagen import LlamaGen, LlamaGenConfig
 from .nar import NAR, NARConfig
@@ -27,6 +28,7 @@ SHIPPED_SHA256 = {
     "xar-mnist": "42e003e57b9853b74949abb4e1c74ad7273c0c1d21ad716c7a25840e6a180451",
     "nar-mnist": "0a3c1ce1b3b52a648b0fb89ecf1d4eb591d20ac2f409364793f0677f40e21b92",
     "llamagen-mnist": "d1254f6542f7b84d01a303d1e0504c47764cc6ffeaa090f4d6dc92be44fccb35",
+    "mingtok-mnist": "48e8703ec120295555136f805da9dbd86c842812a0ed3e44be87ed6534e6ac33",
 }
 
 
@@ -50,3 +52,12 @@ register_model("nar-mnist", NAR, weights=_shipped("nar-mnist"), config=NARConfig
 register_model("xar-mnist", XAR, weights=_shipped("xar-mnist"), config=XARConfig(
     dim=128, encoder_depth=3, decoder_depth=3, n_head=4, latent_channels=4, grid_size=GRID,
     num_classes=10, entity_kind="cell", entity_size=4, attn_dropout_p=0.0, proj_dropout_p=0.0))
+# MingTok's three stages at MNIST size: patch 4 -> 8x8 latents of 4 channels (as kl-mnist), a
+# 16x16 pixel-decoder grid (patch 2, so sem_to_pix's depth-to-space is 2x2 as released). Training
+# adds masked modeling and per-token supervision by the frozen digit-classifier (MingTok.training_loss).
+register_model("mingtok-mnist", MingTok, weights=_shipped("mingtok-mnist"), config=MingTokConfig(
+    image_size=32, patch_size=4, encoder_dim=128, encoder_depth=3, latent_dim=4, semantic_dim=128,
+    semantic_depth=3, pixel_dim=64, pixel_depth=4, pixel_patch_size=2, head_dim=32,
+    latent_mean=-0.22852, latent_scale=0.6057,  # mean / std of the train-split latents
+    mask_ratio=0.5, mask_prob=0.5,
+    semantic_target="digit-classifier", semantic_target_dim=128))

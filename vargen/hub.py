@@ -217,7 +217,8 @@ def load_from(model_cls: type, config: Any, source: Union[str, Path],
     """Build ``model_cls(config)`` and fill it from a folder, repo id, or weights file.
 
     Official pickles are unwrapped with the EMA first when ``model_cls.official_checkpoint_ema``
-    is true (the families whose official evaluation runs the EMA weights)."""
+    is true (the families whose official evaluation runs the EMA weights); ``.safetensors`` files
+    go through the converter only when ``model_cls.official_safetensors`` is true."""
     source = str(source)
     if source.endswith(OFFICIAL_SUFFIXES + (".safetensors",)) and not os.path.isdir(source):
         if not os.path.isfile(source):
