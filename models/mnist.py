@@ -9,7 +9,7 @@ cells (4 AR steps). Sizes are chosen so all of ``weights/`` stays well under 40 
 from __future__ import annotations
 
 from vargen.registry import Weights, register_model
-from vargen.tokenizers import KLConfig, KLTokenizer, VQConfig, VQTokenizer
+from vargen.tokenizers import KLConfig, KLTokenizer, VideoVQConfig, VideoVQTokenizer, VQConfig, VQTokenizer
 
 from .llamagen import LlamaGen, LlamaGenConfig
 from .nar import NAR, NARConfig
@@ -50,3 +50,6 @@ register_model("nar-mnist", NAR, weights=_shipped("nar-mnist"), config=NARConfig
 register_model("xar-mnist", XAR, weights=_shipped("xar-mnist"), config=XARConfig(
     dim=128, encoder_depth=3, decoder_depth=3, n_head=4, latent_channels=4, grid_size=GRID,
     num_classes=10, entity_kind="cell", entity_size=4, attn_dropout_p=0.0, proj_dropout_p=0.0))
+# 16 x 32 x 32 Moving-MNIST clips -> 4 x 8 x 8 ids out of 256.
+register_model("video-vq-mnist", VideoVQTokenizer, weights=_shipped("video-vq-mnist"), config=VideoVQConfig(
+    codebook_size=CODEBOOK, codebook_embed_dim=8, hidden=64, num_res_blocks=2))
