@@ -77,3 +77,13 @@ def test_tiny_fit_loss_falls_and_save_load_is_exact(clips, tmp_path):
     assert torch.equal(loaded.encode(clips), tok.encode(clips))
     ids = tok.encode(clips)
     assert torch.equal(loaded.decode(ids), tok.decode(ids))
+
+
+def test_reconstruction_metrics(clips):
+    tok = vargen.create_model("video-vq-tiny")
+    labels = torch.arange(4)
+    metrics = tok.reconstruction_metrics(clips[:4], labels, digit_size=8, batch_size=3)
+    assert set(metrics) == {"psnr", "mse", "codes_used", "frame_accuracy"}
+    assert 0 < metrics["psnr"] < 60 and 0 <= metrics["frame_accuracy"] <= 1 and tok.training
+    assert 1 <= metrics["codes_used"] <= 32
+    assert tok.heldout_metrics("mnist") == {}
