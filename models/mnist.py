@@ -10,7 +10,8 @@ tokenizer. Sizes are chosen so all of ``weights/`` stays well under 40 MB.
 from __future__ import annotations
 
 from vargen.registry import Weights, register_model
-from vargen.tokenizers import KLConfig, KLTokenizer, MingTok, MingTokConfig, VQConfig, VQTokenizer
+from vargen.tokenizers import (KLConfig, KLTokenizer, MingTok, MingTokConfig, VideoVQConfig,
+                               VideoVQTokenizer, VQConfig, VQTokenizer)
 
 from .llamagen import LlamaGen, LlamaGenConfig
 from .nar import NAR, NARConfig
@@ -61,3 +62,6 @@ register_model("mingtok-mnist", MingTok, weights=_shipped("mingtok-mnist"), conf
     latent_mean=-0.22852, latent_scale=0.6057,  # mean / std of the train-split latents
     mask_ratio=0.5, mask_prob=0.5,
     semantic_target="digit-classifier", semantic_target_dim=128))
+# 16 x 32 x 32 Moving-MNIST clips -> 4 x 8 x 8 ids out of 256.
+register_model("video-vq-mnist", VideoVQTokenizer, weights=_shipped("video-vq-mnist"), config=VideoVQConfig(
+    codebook_size=CODEBOOK, codebook_embed_dim=8, hidden=64, num_res_blocks=2))

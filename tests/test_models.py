@@ -43,7 +43,8 @@ def test_generator_forward_backward_generate(name):
 def test_tokenizer_forward_backward_round_trip(name):
     model = vargen.create_model(name)
     size = model.downsample * 4
-    images = torch.rand(2, 3, size, size) * 2 - 1
+    frames = getattr(model, "temporal_downsample", None)  # video tokenizers take [B, 3, T, H, W]
+    images = torch.rand(2, 3, *((frames * 4,) if frames else ()), size, size) * 2 - 1
     loss, logs = model.loss(images)
     assert torch.isfinite(loss) and isinstance(logs, dict)
     loss.backward()
@@ -53,7 +54,7 @@ def test_tokenizer_forward_backward_round_trip(name):
         decoded = model.decode(tokens)
     assert decoded.shape == images.shape
     if model.is_discrete:
-        assert tuple(tokens.shape) == (2, 4, 4) and tokens.max() < model.vocab_size
+        assert tuple(tokens.shape) == (2, *((4,) if frames else ()), 4, 4) and tokens.max() < model.vocab_size
     else:
         assert tuple(tokens.shape) == (2, model.latent_channels, 4, 4)
 

