@@ -11,6 +11,7 @@ from __future__ import annotations
 from vargen.registry import Weights, register_model
 from vargen.tokenizers import KLConfig, KLTokenizer, VQConfig, VQTokenizer
 
+from .cont_ar import ContAR, ContARConfig
 from .llamagen import LlamaGen, LlamaGenConfig
 from .nar import NAR, NARConfig
 from .xar import XAR, XARConfig
@@ -50,3 +51,10 @@ register_model("nar-mnist", NAR, weights=_shipped("nar-mnist"), config=NARConfig
 register_model("xar-mnist", XAR, weights=_shipped("xar-mnist"), config=XARConfig(
     dim=128, encoder_depth=3, decoder_depth=3, n_head=4, latent_channels=4, grid_size=GRID,
     num_classes=10, entity_kind="cell", entity_size=4, attn_dropout_p=0.0, proj_dropout_p=0.0))
+# Continuous-token AR (Ming-UniVision-style) on the KL tokenizer's 4-channel latents: 64 raster
+# steps, a 3-block SwiGLU flow head. Sized for a ~35-minute single-core training run.
+_CONT_AR = dict(dim=128, n_layer=4, n_head=4, multiple_of=64, num_classes=10, grid_size=GRID,
+                vis_dim=128, head_width=128, head_depth=3, head_mlp_mult=4.0, head_batch_mul=2,
+                token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
+register_model("cont-ar-mnist", ContAR, weights=_shipped("cont-ar-mnist"), config=ContARConfig(
+    latent_channels=4, **_CONT_AR))
