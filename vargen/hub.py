@@ -217,14 +217,18 @@ def load_from(model_cls: type, config: Any, source: Union[str, Path],
     """Build ``model_cls(config)`` and fill it from a folder, repo id, or weights file.
 
     Official pickles are unwrapped with the EMA first when ``model_cls.official_checkpoint_ema``
-    is true (the families whose official evaluation runs the EMA weights)."""
+    is true (the families whose official evaluation runs the EMA weights); ``.safetensors`` files
+    go through the converter only when ``model_cls.official_safetensors`` is true."""
     source = str(source)
     if source.endswith(OFFICIAL_SUFFIXES + (".safetensors",)) and not os.path.isdir(source):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"checkpoint {source} does not exist")
         verify_sha256(source, sha256)
         state = load_official_checkpoint(source, getattr(model_cls, "official_checkpoint_ema", False))
-        if converter is not None and not source.endswith(".safetensors"):
+        # A .safetensors file is vargen's own layout, unless the family publishes its official
+        # weights as safetensors in its own key tree (its converter then accepts both).
+        if converter is not None and (not source.endswith(".safetensors")
+                                      or getattr(model_cls, "official_safetensors", False)):
             state = converter(state)
         model = model_cls(config)
         load_state_dict_strict(model, state, source=source)

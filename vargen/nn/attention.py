@@ -100,10 +100,15 @@ def block_causal_mask(n_new: int, n_cached: int, device=None) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """LlamaGen attention: fused ``wqkv`` (no bias by default), ``wo``, optional GQA, RoPE."""
+    """LlamaGen attention: fused ``wqkv`` (no bias by default), ``wo``, optional GQA, RoPE.
+
+    Without a mask or cache a call is causal, or bidirectional when built with ``causal=False``
+    (ViT-style encoders); an explicit mask always wins.
+    """
 
     def __init__(self, dim: int, n_head: int, n_kv_head: Optional[int] = None, qkv_bias: bool = False,
-                 attn_dropout: float = 0.0, resid_dropout: float = 0.0, out_bias: bool = False):
+                 attn_dropout: float = 0.0, resid_dropout: float = 0.0, out_bias: bool = False,
+                 causal: bool = True):
         super().__init__()
         if dim % n_head:
             raise ValueError(f"dim {dim} is not divisible by n_head {n_head}")
@@ -114,6 +119,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(dim, dim + 2 * kv_dim, bias=qkv_bias)
         self.wo = nn.Linear(dim, dim, bias=out_bias)  # xAR's proj has a bias, LlamaGen's wo not
         self.attn_dropout = attn_dropout
+        self.causal = causal
         self.resid_dropout = nn.Dropout(resid_dropout)
         self.cache: Optional[KVCache] = None
 
@@ -138,7 +144,7 @@ class Attention(nn.Module):
                 mask = self.cache.causal_mask(seqlen, device=x.device)
             k, v = self.cache.append(k, v)
         elif mask is None:
-            is_causal = seqlen > 1
+            is_causal = self.causal and seqlen > 1
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
