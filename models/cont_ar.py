@@ -202,6 +202,11 @@ class ContAR(LlamaGen):
             raise ValueError("latents contain NaN or inf")
         return latents.flatten(2).transpose(1, 2)
 
+    @property
+    def uses_tokenizer(self) -> bool:
+        """Whether the inputs go through a tokenizer's semantic decoder (pipelines attach it)."""
+        return self.config.input_kind == "semantic"
+
     def attach_tokenizer(self, tokenizer: nn.Module) -> "ContAR":
         """Hold ``tokenizer`` (a MingTok) by reference; its semantic decoder embeds the inputs."""
         c = self.config
