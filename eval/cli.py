@@ -1,9 +1,10 @@
-"""``vargen fid``, ``vargen fvd`` and ``vargen ref-stats``.
+"""``vargen fid``, ``vargen fvd``, ``vargen ref-stats`` and ``vargen recon``.
 
     vargen ref-stats mnist:heldout mnist_ref.npz
     vargen fid runs/nar/samples.npz mnist_ref.npz --json fid.json
     vargen fid samples/ mnist:heldout --kid --prc
     vargen fvd gen_videos.npz real_videos.npz --i3d-weights i3d_torchscript.pt
+    vargen recon --tokenizer mingtok-mnist --data mnist:heldout
 """
 from __future__ import annotations
 
@@ -103,4 +104,28 @@ def _add_fvd(sub):
                              batch_size=args.batch_size, limit=args.limit)
         _print_table(f"{args.generated} vs {args.real}", result)
         _write_json(args.json, result)
+    p.set_defaults(run=run)
+
+
+@command("recon")
+def _add_recon(sub):
+    p = sub.add_parser("recon", help="reconstruction metrics of a tokenizer: rFID, PSNR, SSIM (LPIPS if available)")
+    p.add_argument("--tokenizer", required=True, help="registered tokenizer with weights, or a save_pretrained folder")
+    p.add_argument("--data", default="mnist:heldout", help="dataset (mnist:heldout) or image folder")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--no-fid", dest="fid", action="store_false", help="skip rFID (no Inception pass)")
+    p.add_argument("--fid-reference", default=None,
+                   help="ref-stats .npz of the same images (shares one Inception pass over the originals)")
+    _add_inception_args(p)
+
+    def run(args):
+        from vargen.eval.recon import reconstruction_metrics
+        from vargen.train import load_tokenizer
+        tokenizer = load_tokenizer(args.tokenizer, args.device)
+        result = reconstruction_metrics(tokenizer, args.data, fid=args.fid, fid_reference=args.fid_reference,
+                                        inception_weights=args.inception_weights,
+                                        allow_random=args.inception_weights == "random", image_size=args.image_size,
+                                        batch_size=args.batch_size, limit=args.limit, device=args.device)
+        _print_table(f"{args.tokenizer} on {args.data}", {"tokenizer": args.tokenizer, **result})
+        _write_json(args.json, {"tokenizer": args.tokenizer, "data": args.data, **result})
     p.set_defaults(run=run)

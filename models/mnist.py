@@ -4,12 +4,13 @@ for the exact commands and each model card for steps, wall time and measured qua
 
 32x32 digits -> 8x8 tokens (downsample 4). The discrete family (VQ tokenizer, LlamaGen raster,
 NAR) shares the 256-entry codebook; xAR runs on the KL tokenizer's 4-channel latents in 4x4
-cells (4 AR steps). Sizes are chosen so all of ``weights/`` stays well under 40 MB.
+cells (4 AR steps). MingTok (``mingtok-mnist``) gives the same 8x8x4 latent size as the KL
+tokenizer. Sizes are chosen so all of ``weights/`` stays well under 40 MB.
 """
 from __future__ import annotations
 
 from vargen.registry import Weights, register_model
-from vargen.tokenizers import KLConfig, KLTokenizer, VQConfig, VQTokenizer
+from vargen.tokenizers import KLConfig, KLTokenizer, MingTok, MingTokConfig, VQConfig, VQTokenizer
 
 from .cont_ar import ContAR, ContARConfig
 from .llamagen import LlamaGen, LlamaGenConfig
@@ -51,10 +52,21 @@ register_model("nar-mnist", NAR, weights=_shipped("nar-mnist"), config=NARConfig
 register_model("xar-mnist", XAR, weights=_shipped("xar-mnist"), config=XARConfig(
     dim=128, encoder_depth=3, decoder_depth=3, n_head=4, latent_channels=4, grid_size=GRID,
     num_classes=10, entity_kind="cell", entity_size=4, attn_dropout_p=0.0, proj_dropout_p=0.0))
-# Continuous-token AR (Ming-UniVision-style) on the KL tokenizer's 4-channel latents: 64 raster
-# steps, a 3-block SwiGLU flow head. Sized for a ~35-minute single-core training run.
+# MingTok's three stages at MNIST size: patch 4 -> 8x8 latents of 4 channels (as kl-mnist), a
+# 16x16 pixel-decoder grid (patch 2, so sem_to_pix's depth-to-space is 2x2 as released). Training
+# adds masked modeling and per-token supervision by the frozen digit-classifier (MingTok.training_loss).
+register_model("mingtok-mnist", MingTok, weights=_shipped("mingtok-mnist"), config=MingTokConfig(
+    image_size=32, patch_size=4, encoder_dim=128, encoder_depth=3, latent_dim=4, semantic_dim=128,
+    semantic_depth=3, pixel_dim=64, pixel_depth=4, pixel_patch_size=2, head_dim=32,
+    latent_mean=0.0, latent_scale=1.0, mask_ratio=0.5, mask_prob=0.5,
+    semantic_target="digit-classifier", semantic_target_dim=128))
+# Continuous-token AR (Ming-UniVision-style): 64 raster steps over 8x8x4 latents, a 3-block SwiGLU
+# flow head; sized for a ~35-minute single-core training run. On kl-mnist latents through a Linear,
+# on mingtok-mnist latents through MingTok's frozen causal semantic decoder (as Ming-UniVision).
 _CONT_AR = dict(dim=128, n_layer=4, n_head=4, multiple_of=64, num_classes=10, grid_size=GRID,
                 vis_dim=128, head_width=128, head_depth=3, head_mlp_mult=4.0, head_batch_mul=2,
                 token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
 register_model("cont-ar-mnist", ContAR, weights=_shipped("cont-ar-mnist"), config=ContARConfig(
     latent_channels=4, **_CONT_AR))
+register_model("cont-ar-mingtok-mnist", ContAR, weights=_shipped("cont-ar-mingtok-mnist"), config=ContARConfig(
+    latent_channels=4, input_kind="semantic", semantic_dim=128, semantic_tokenizer="mingtok-mnist", **_CONT_AR))

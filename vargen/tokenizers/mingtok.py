@@ -76,9 +76,10 @@ class MingTokConfig:
 
 
 MINGTOK_VISION = MingTokConfig()
-MINGTOK_TINY = MingTokConfig(image_size=32, patch_size=8, encoder_dim=64, encoder_depth=2,
-                             latent_dim=8, semantic_dim=64, semantic_depth=2, pixel_dim=64,
-                             pixel_depth=2, pixel_patch_size=4, head_dim=32)
+# 32 px -> 8x8 latents of 4 channels, a 16x16 pixel-decoder grid (tests, small experiments).
+MINGTOK_TINY = MingTokConfig(image_size=32, patch_size=4, encoder_dim=64, encoder_depth=2,
+                             latent_dim=4, semantic_dim=64, semantic_depth=2, pixel_dim=64,
+                             pixel_depth=2, pixel_patch_size=2, head_dim=32)
 
 
 def swiglu_ffn(dim: int) -> nn.Module:
@@ -371,6 +372,8 @@ class MingTok(Tokenizer):
         (``[B, 128, H/4, W/4]``, whose global max is the penultimate feature), area-pooled to
         the token grid.
         """
+        if self.config.semantic_target is None:
+            raise ValueError("this MingTok has no semantic_target (set semantic_target and semantic_target_dim)")
         if self._target is None:
             from vargen.registry import create_model
             target = create_model(self.config.semantic_target, pretrained=True).eval().requires_grad_(False)
