@@ -7,7 +7,10 @@ from . import nar  # noqa: F401
 from .nar import NAR, NARConfig
 from . import nar_video  # noqa: F401
 from .nar_video import NARVideo, NARVideoConfig
+from . import cont_ar  # noqa: F401
+from .cont_ar import ContAR, ContARConfig
 from . import mnist  # noqa: F401  (shipped MNIST models; after the families)
 from . import pipelines  # noqa: F401
 
-__all__ = ["LlamaGen", "LlamaGenConfig", "XAR", "XARConfig", "NAR", "NARConfig", "NARVideo", "NARVideoConfig"]
+__all__ = ["LlamaGen", "LlamaGenConfig", "XAR", "XARConfig", "NAR", "NARConfig", "NARVideo", "NARVideoConfig",
+           "ContAR", "ContARConfig"]

@@ -13,6 +13,7 @@ from vargen.registry import Weights, register_model
 from vargen.tokenizers import (KLConfig, KLTokenizer, MingTok, MingTokConfig, VideoVQConfig,
                                VideoVQTokenizer, VQConfig, VQTokenizer)
 
+from .cont_ar import ContAR, ContARConfig
 from .llamagen import LlamaGen, LlamaGenConfig
 from .nar import NAR, NARConfig
 from .xar import XAR, XARConfig
@@ -65,3 +66,13 @@ register_model("mingtok-mnist", MingTok, weights=_shipped("mingtok-mnist"), conf
 # 16 x 32 x 32 Moving-MNIST clips -> 4 x 8 x 8 ids out of 256.
 register_model("video-vq-mnist", VideoVQTokenizer, weights=_shipped("video-vq-mnist"), config=VideoVQConfig(
     codebook_size=CODEBOOK, codebook_embed_dim=8, hidden=64, num_res_blocks=2))
+# Continuous-token AR (Ming-UniVision-style): 64 raster steps over 8x8x4 latents, a 3-block SwiGLU
+# flow head; sized for a ~35-minute single-core training run. On kl-mnist latents through a Linear,
+# on mingtok-mnist latents through MingTok's frozen causal semantic decoder (as Ming-UniVision).
+_CONT_AR = dict(dim=128, n_layer=4, n_head=4, multiple_of=64, num_classes=10, grid_size=GRID,
+                vis_dim=128, head_width=128, head_depth=3, head_mlp_mult=4.0, head_batch_mul=2,
+                token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
+register_model("cont-ar-mnist", ContAR, weights=_shipped("cont-ar-mnist"), config=ContARConfig(
+    latent_channels=4, **_CONT_AR))
+register_model("cont-ar-mingtok-mnist", ContAR, weights=_shipped("cont-ar-mingtok-mnist"), config=ContARConfig(
+    latent_channels=4, input_kind="semantic", semantic_dim=128, semantic_tokenizer="mingtok-mnist", **_CONT_AR))

@@ -5,6 +5,7 @@
     gsd       grouped speculative decoding (any raster model)
     neighbor  NAR's diagonal-by-diagonal decoding (2n-1 passes)
     flow      Euler-Maruyama SDE / Euler / Heun over continuous entities (xAR)
+    token-flow  raster decoding with a per-token flow head (Ming-UniVision)
 """
 from typing import Dict, Type
 
@@ -14,6 +15,7 @@ from .logits import LogitsProcessor, cfg_labels
 from .neighbor import NeighborSampler
 from .raster import RasterSampler
 from .speculative import GSDSampler, SJDSampler
+from .token_flow import TokenFlowSampler
 
 SAMPLERS: Dict[str, Type[Sampler]] = {}
 
@@ -26,7 +28,7 @@ def register_sampler(cls: Type[Sampler]) -> Type[Sampler]:
     return cls
 
 
-for _cls in (RasterSampler, SJDSampler, GSDSampler, NeighborSampler, FlowSampler):
+for _cls in (RasterSampler, SJDSampler, GSDSampler, NeighborSampler, FlowSampler, TokenFlowSampler):
     register_sampler(_cls)
 
 
@@ -42,4 +44,4 @@ def create_sampler(name: str, **options) -> Sampler:
 
 
 __all__ = ["Sampler", "LogitsProcessor", "cfg_labels", "RasterSampler", "SJDSampler", "GSDSampler",
-           "NeighborSampler", "FlowSampler", "SAMPLERS", "register_sampler", "create_sampler"]
+           "NeighborSampler", "FlowSampler", "TokenFlowSampler", "SAMPLERS", "register_sampler", "create_sampler"]

@@ -60,6 +60,8 @@ class Pipeline:
                  sampler_options: Optional[Dict[str, Any]] = None, name: str = ""):
         self.tokenizer = tokenizer.eval()
         self.generator = generator.eval()
+        if getattr(generator, "uses_tokenizer", False):  # inputs embedded by the tokenizer (cont-AR + MingTok)
+            generator.attach_tokenizer(self.tokenizer)
         self.default_sampler = sampler
         self.sampler_options = dict(sampler_options or {})
         self.name = name

@@ -1,0 +1,325 @@
+"""Continuous-token raster AR with a per-token rectified-flow head (Ming-UniVision-style).
+
+Paper: "Ming-UniVision: Joint Image Understanding and Generation with a Unified Continuous
+Tokenizer" (Inclusion AI, arXiv 2510.06590). Official code: github.com/inclusionAI/Ming-UniVision,
+``mingunivision/diff_loss_rf_swiglu.py`` (``RectifiedFlowLoss``, ``SimpleMLPAdaLN``) and
+``mingunivision/modeling_bailing_moe.py`` (``setup_vishead_diffloss``, ``generate_image``). The
+head is MAR's ``SimpleMLPAdaLN`` (github.com/LTH14/mar ``models/diffloss.py``) with SwiGLU MLPs.
+
+The trunk is LlamaGen's class-conditional raster transformer (``[class token] + tokens``, 2D
+RoPE, KV cache, CFG by a null class) over continuous latents instead of code ids. Its final
+hidden state goes through ``vis_head`` (Linear + LayerNorm, Ming's "linear2-norm") and conditions
+the flow head, which predicts the velocity of one token's latent. Ming's sampler walks t from 1
+(noise) to 0 with ``x += v dt`` (``dt > 0``), so its velocity points from noise to data:
+``x_t = (1 - t) x + t eps`` and ``v = x - eps`` -- the negative of xAR's ``eps - x``.
+
+How a latent re-enters the trunk (``input_kind``):
+
+- ``"linear"``: ``linear_proj`` = Linear(latent -> dim); any continuous tokenizer (KL, SD-VAE).
+- ``"semantic"``: as Ming-UniVision with MingTok, the latent goes through the tokenizer's frozen
+  *causal semantic decoder* (driven token by token with its own KV cache while sampling) and a
+  2-layer MLP ``linear_proj`` (Ming's ``mlp_depth: 2``). The tokenizer is held by reference
+  (``attach_tokenizer`` or loaded lazily from ``config.semantic_tokenizer``); its weights are
+  not part of this model's state dict.
+
+The released code has no training loss for the head (``RectifiedFlowLoss`` ships only
+``sample``); vargen's :meth:`ContAR.training_loss` regresses that sampler's velocity at a
+uniform per-token t (the released ``t_sample_strategy = "uniform"``), with each token's
+condition repeated ``head_batch_mul`` times under fresh (t, noise) as MAR's
+``diffusion_batch_mul``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import SwiGLUPacked
+
+from vargen.nn import LabelEmbedder, RMSNorm, rope_2d, swiglu_hidden_dim
+from vargen.registry import register_model
+
+from .llamagen import LlamaGen, LlamaGenConfig
+from .xar import TimestepEmbedder
+
+INPUT_KINDS = ("linear", "semantic")
+
+
+@dataclass
+class ContARConfig(LlamaGenConfig):
+    vocab_size: int = 0             # continuous tokens: no vocabulary
+    latent_channels: int = 32       # MingTok's 32-d latents
+    vis_dim: int = 3072             # vis_head width = the head's condition width (Ming z_channels)
+    head_width: int = 3072          # SimpleMLPAdaLN model_channels
+    head_depth: int = 12            # ResBlocks
+    head_mlp_mult: float = 4.0      # "flow_matching_swiglu-4"
+    head_batch_mul: int = 4         # MAR's diffusion_batch_mul (training only)
+    time_scale: float = 1000.0      # the head's time embedding sees t * 1000 (a float)
+    input_kind: str = "linear"      # "linear" | "semantic" (see the module docstring)
+    semantic_dim: int = 0           # width of the tokenizer's semantic features ("semantic")
+    semantic_tokenizer: Optional[str] = None  # registered name or folder of that tokenizer
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class HeadBlock(nn.Module):
+    """``x + gate * swiglu(modulate(LN(x), shift, scale))`` with (shift, scale, gate) from y."""
+
+    def __init__(self, width: int, mlp_mult: float):
+        super().__init__()
+        self.in_ln = nn.LayerNorm(width, eps=1e-6)
+        # Ming's SwiGLUFFNFused: hidden (int(h * 2/3) + 7) // 8 * 8 of h = width * mlp_mult.
+        hidden = (int(int(width * mlp_mult) * 2 / 3) + 7) // 8 * 8
+        self.mlp = SwiGLUPacked(width, 2 * hidden)  # fc1 packs [gate; value] as Ming's w12
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return x + gate * self.mlp(_modulate(self.in_ln(x), shift, scale))
+
+
+class FinalLayer(nn.Module):
+    """DiT's final layer: weightless LN, adaLN (shift, scale), Linear to the output channels."""
+
+    def __init__(self, width: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(width, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.linear(_modulate(self.norm_final(x), shift, scale))
+
+
+class FlowHead(nn.Module):
+    """``SimpleMLPAdaLN``: velocity ``[M, C]`` of latents ``x [M, C]`` at times ``t [M]``
+    (0 = data, 1 = noise) under conditions ``z [M, cond_dim]``."""
+
+    def __init__(self, channels: int, width: int, cond_dim: int, depth: int, mlp_mult: float,
+                 time_scale: float = 1000.0):
+        super().__init__()
+        self.time_scale = time_scale
+        self.time_embed = TimestepEmbedder(width)
+        self.cond_embed = nn.Linear(cond_dim, width)
+        self.input_proj = nn.Linear(channels, width)
+        self.res_blocks = nn.ModuleList([HeadBlock(width, mlp_mult) for _ in range(depth)])
+        self.final_layer = FinalLayer(width, channels)
+
+    def initialize_weights(self) -> None:
+        # As the released SimpleMLPAdaLN: xavier linears, N(0, 0.02) time MLP, zero adaLN and output.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for layer in (self.time_embed.mlp[0], self.time_embed.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        for block in (*self.res_blocks, self.final_layer):
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        y = self.time_embed(t * self.time_scale) + self.cond_embed(z)  # [M, width]
+        h = self.input_proj(x)
+        for block in self.res_blocks:
+            h = block(h, y)
+        return self.final_layer(h, y)                                 # [M, C]
+
+
+class ContAR(LlamaGen):
+    """LlamaGen's trunk (blocks, RoPE, cache hooks) over continuous latents, plus the flow head.
+
+    Inference hooks (driven by :class:`vargen.samplers.TokenFlowSampler`): ``setup_cache``,
+    ``prefill(labels) -> z [B, vis_dim]``, ``decode(latents [B, T, C], positions) -> z [B, T,
+    vis_dim]`` and ``velocity(x, t, z)``; ``clear_cache``. Under ``"semantic"`` input the
+    tokenizer's semantic-decoder cache is set up and cleared with the trunk's.
+    """
+
+    config_class = ContARConfig
+    default_sampler = "token-flow"
+    samplers = ("token-flow",)
+    is_discrete = False
+
+    def __init__(self, config: ContARConfig):
+        c = config
+        if c.input_kind not in INPUT_KINDS:
+            raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {c.input_kind!r}")
+        if (c.input_kind == "semantic") != (c.semantic_dim > 0):
+            raise ValueError("input_kind='semantic' needs semantic_dim > 0 (and 'linear' needs 0)")
+        # LlamaGen.__init__ would build a code embedding and logits layer this model has not.
+        super(LlamaGen, self).__init__(config)
+        self.cls_embedding = LabelEmbedder(c.num_classes, c.dim, c.class_dropout_prob)
+        self.tok_dropout = nn.Dropout(c.token_dropout_p)
+        if c.input_kind == "linear":
+            self.linear_proj = nn.Linear(c.latent_channels, c.dim)
+        else:
+            self.linear_proj = nn.Sequential(nn.Linear(c.semantic_dim, c.dim), nn.GELU(),
+                                             nn.Linear(c.dim, c.dim))
+        # The trunk as LlamaGen's (same blocks, norm and RoPE table; see LlamaGen.__init__).
+        ffn_hidden = swiglu_hidden_dim(c.dim, c.multiple_of, c.ffn_dim_multiplier)
+        drop_path = [c.drop_path_rate * i / max(c.n_layer - 1, 1) for i in range(c.n_layer)]
+        self.layers = nn.ModuleList([self._block(ffn_hidden, dp) for dp in drop_path])
+        self.norm = RMSNorm(c.dim, c.norm_eps)
+        self.rope = rope_2d(c.grid_size, c.dim // c.n_head, c.rope_base, c.cls_token_num)
+        self.vis_head = nn.Sequential(nn.Linear(c.dim, c.vis_dim), nn.LayerNorm(c.vis_dim, eps=1e-6))
+        self.head = FlowHead(c.latent_channels, c.head_width, c.vis_dim, c.head_depth,
+                             c.head_mlp_mult, c.time_scale)
+        self._tokenizer: Optional[nn.Module] = None  # by reference: never in the state dict
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        self.head.initialize_weights()
+
+    # ----------------------------------------------------------------------------- helpers
+    @property
+    def latent_channels(self) -> int:
+        return self.config.latent_channels
+
+    @property
+    def token_shape(self) -> tuple:
+        """Shape of one sample's tokens: ``(C, h, w)`` latents."""
+        return (self.config.latent_channels, *self.grid_shape)
+
+    def check_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """``[B, C, h, w]`` latents -> ``[B, N, C]`` raster sequence, after checking them."""
+        if not torch.is_floating_point(latents):
+            raise TypeError(f"{type(self).__name__} works on continuous latents, got dtype {latents.dtype}")
+        if latents.dim() != 4 or tuple(latents.shape[1:]) != self.token_shape:
+            raise ValueError(f"expected latents [B, {', '.join(map(str, self.token_shape))}], "
+                             f"got {tuple(latents.shape)}")
+        if not torch.isfinite(latents).all():
+            raise ValueError("latents contain NaN or inf")
+        return latents.flatten(2).transpose(1, 2)
+
+    @property
+    def uses_tokenizer(self) -> bool:
+        """Whether the inputs go through a tokenizer's semantic decoder (pipelines attach it)."""
+        return self.config.input_kind == "semantic"
+
+    def attach_tokenizer(self, tokenizer: nn.Module) -> "ContAR":
+        """Hold ``tokenizer`` (a MingTok) by reference; its semantic decoder embeds the inputs."""
+        c = self.config
+        if c.input_kind != "semantic":
+            raise ValueError("only input_kind='semantic' uses a tokenizer inside the model")
+        decoder = getattr(tokenizer, "semantic_decoder", None)
+        if decoder is None:
+            raise TypeError(f"{type(tokenizer).__name__} has no semantic_decoder (need a MingTok)")
+        if (tokenizer.latent_channels, decoder.dim) != (c.latent_channels, c.semantic_dim):
+            raise ValueError(f"tokenizer gives {tokenizer.latent_channels}-d latents and "
+                             f"{decoder.dim}-d features; config expects {c.latent_channels} and "
+                             f"{c.semantic_dim}")
+        tokenizer.eval().requires_grad_(False)
+        object.__setattr__(self, "_tokenizer", tokenizer)  # not a submodule: not saved, not trained
+        return self
+
+    def semantic_decoder(self) -> nn.Module:
+        """The attached tokenizer's frozen semantic decoder, on this model's device."""
+        if self._tokenizer is None:
+            if self.config.semantic_tokenizer is None:
+                raise RuntimeError("input_kind='semantic' needs a tokenizer: call attach_tokenizer(tok) "
+                                   "or set config.semantic_tokenizer")
+            from vargen.train import load_tokenizer
+            self.attach_tokenizer(load_tokenizer(self.config.semantic_tokenizer, self.vis_head[0].weight.device))
+        return self._tokenizer.semantic_decoder.to(self.vis_head[0].weight.device)
+
+    def embed_latents(self, seq: torch.Tensor) -> torch.Tensor:
+        """Latent tokens ``[B, T, C]`` -> trunk inputs ``[B, T, dim]`` (continuing the semantic
+        decoder's cache when one is set up)."""
+        if self.config.input_kind == "semantic":
+            decoder = self.semantic_decoder()
+            with torch.no_grad():
+                seq = decoder(seq.to(decoder.in_proj.weight.dtype))     # [B, T, semantic_dim]
+        return self.tok_dropout(self.linear_proj(seq.to(self.vis_head[0].weight.dtype)))
+
+    def condition(self, h: torch.Tensor) -> torch.Tensor:
+        return self.vis_head(self.norm(h))
+
+    # ----------------------------------------------------------------------------- training
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced head conditions ``[B, N, vis_dim]``; row i conditions latent i.
+
+        Input is ``[cls] + latents[:, :-1]`` as LlamaGen's training forward.
+        """
+        seq = self.check_latents(latents)                               # [B, N, C]
+        if self.cache_length is not None:
+            raise RuntimeError("forward runs the full sequence; call clear_cache() first")
+        cls = self.cls_embedding(labels)[:, None].expand(-1, self.config.cls_token_num, -1)
+        h = torch.cat([self.tok_dropout(cls), self.embed_latents(seq[:, :-1])], dim=1)
+        h = self.trunk(h, self.rope[: h.shape[1]].to(h.device), None)   # [B, cls + N - 1, dim]
+        return self.condition(h[:, self.config.cls_token_num - 1:])
+
+    def training_loss(self, latents: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """Velocity MSE ``|head(x_t, t, z) - (x - eps)|^2`` at ``x_t = (1 - t) x + t eps``,
+        ``t ~ U(0, 1)`` per token, each token repeated ``head_batch_mul`` times."""
+        z = self(latents, labels)                                       # [B, N, vis_dim]
+        x = self.check_latents(latents)
+        mul = self.config.head_batch_mul
+        z = z.flatten(0, 1).repeat(mul, 1)                              # [M, vis_dim]
+        x = x.flatten(0, 1).repeat(mul, 1).to(z.dtype)                  # [M, C]
+        t = torch.rand(x.shape[0], device=x.device, dtype=x.dtype)
+        noise = torch.randn_like(x)
+        x_t = (1 - t[:, None]) * x + t[:, None] * noise
+        loss = F.mse_loss(self.head(x_t, t, z).float(), (x - noise).float())
+        return loss, {"flow_mse": loss.item()}
+
+    loss = training_loss  # the name vargen.train calls today
+
+    # ----------------------------------------------------------------------------- inference hooks
+    def setup_cache(self, batch_size: int, max_len: Optional[int] = None,
+                    device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
+        device = device or self.vis_head[0].weight.device
+        self.rope = self.rope.to(device)
+        super(LlamaGen, self).setup_cache(batch_size, max_len, device, dtype)
+        if self.config.input_kind == "semantic":
+            self.semantic_decoder().setup_cache(batch_size, self.config.block_size, device)
+
+    def clear_cache(self) -> None:
+        super().clear_cache()
+        if self._tokenizer is not None:
+            self._tokenizer.semantic_decoder.clear_cache()
+
+    def prefill(self, labels: torch.Tensor) -> torch.Tensor:
+        """Feed the condition token(s); returns the first token's condition ``[B, vis_dim]``."""
+        h = self.cls_embedding(labels)[:, None].expand(-1, self.config.cls_token_num, -1)
+        h = self.trunk(h, self.rope[: self.config.cls_token_num].to(h.device), None)
+        return self.condition(h[:, -1])
+
+    def decode(self, latents: torch.Tensor, positions: torch.Tensor,
+               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Append latents ``[B, T, C]`` at raster ``positions [T]``; returns conditions
+        ``[B, T, vis_dim]`` (row t conditions the token after position t)."""
+        h = self.embed_latents(latents)
+        h = self.trunk(h, self._rope_rows(positions + self.config.cls_token_num), mask)
+        return self.condition(h)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The flow head: ``x [M, C]``, ``t [M]``, ``z [M, vis_dim]`` -> ``v [M, C]`` (toward data)."""
+        return self.head(x, t, z)
+
+
+_NO_DROPOUT = dict(token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
+# name: config. Trunk sizes as LlamaGen's; head sizes from Ming's "flow_matching_swiglu-4" scaled
+# with the trunk (Ming: 3072 wide, 12 blocks on a 2048-wide LLM).
+PRESETS = {
+    "cont-ar-b": ContARConfig(dim=768, n_layer=12, n_head=12, grid_size=16, latent_channels=32,
+                              vis_dim=1024, head_width=1024, head_depth=6),
+    "cont-ar-b-mingtok": ContARConfig(dim=768, n_layer=12, n_head=12, grid_size=16, latent_channels=32,
+                                      vis_dim=1024, head_width=1024, head_depth=6, input_kind="semantic",
+                                      semantic_dim=1024, semantic_tokenizer="mingtok-vision"),
+    "cont-ar-tiny": ContARConfig(dim=64, n_layer=2, n_head=4, multiple_of=32, num_classes=10, grid_size=4,
+                                 latent_channels=4, vis_dim=64, head_width=64, head_depth=2,
+                                 head_mlp_mult=2.0, **_NO_DROPOUT),
+}
+for _name, _config in PRESETS.items():
+    register_model(_name, ContAR, _config)

@@ -1,0 +1,100 @@
+"""Per-token flow sampling for continuous raster generators (Ming-UniVision's ``generate_image``).
+
+Paper: "Ming-UniVision" (arXiv 2510.06590); official loop: github.com/inclusionAI/Ming-UniVision
+``mingunivision/modeling_bailing_moe.py`` (``generate_image``) and ``diff_loss_rf_swiglu.py``
+(``RectifiedFlowLoss.sample``).
+
+One trunk forward per token (1 prefill + N - 1 decodes with the KV cache, N passes for N
+tokens), and for each token an Euler ODE over the flow head from t = 1 (noise scaled by
+``temperature``) to t = 0 on ``linspace(1, 0, num_steps + 1)``, ``x += v dt`` with the head's
+velocity pointing toward data. ``time_shift`` s warps the grid to ``s t / (1 + (s - 1) t)``
+(Ming's ``time_shifting_factor``; 1 = none). The loop is diffusers'
+``FlowMatchEulerDiscreteScheduler`` with ``sigmas = linspace(1, 0, N + 1)[:-1]``, ``shift = s``
+and ``model_output = -v``, which reproduces the official loop exactly (tests/test_cont_ar.py).
+
+CFG: the trunk runs on ``[cond; uncond]`` (null class) for the whole image and the head's
+velocity is guided as ``v_u + scale (v_c - v_u)``; both halves share the token's noise and the
+sampled latent is fed back to both, as the official loop. ``cfg_schedule`` "constant" or
+"linear" (``1 + (cfg - 1) i / (N - 1)`` for token i, MAR's ramp). Unlike the release, whose
+``generate_image`` drops its own CFG arguments (they vanish into ``**kwargs`` and the head always
+uses 3.0 / 1.1), the scale given here is the one applied. Ming's 3-way text/image CFG and its
+"linear" ramp that *decreases* over tokens belong to text prompts and are not reproduced.
+"""
+from __future__ import annotations
+
+import torch
+
+from vargen.seeding import SampleRNG
+
+from .base import Sampler
+from .logits import LogitsProcessor, cfg_labels
+
+
+def euler_scheduler(num_steps: int, time_shift: float = 1.0):
+    """diffusers' flow-matching Euler scheduler set to Ming's grid (``num_steps`` head calls)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler  # lazy: only this sampler needs it
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=time_shift)
+    scheduler.set_timesteps(sigmas=torch.linspace(1.0, 0.0, num_steps + 1)[:-1].tolist())
+    return scheduler
+
+
+class TokenFlowSampler(Sampler):
+    """Raster decoding with a per-token flow head; returns latents ``[B, C, h, w]``.
+
+    ``stats``: ``forward_passes`` (trunk calls, a CFG-doubled batch counting once),
+    ``head_evaluations`` (flow-head calls per image), ``cfg_scales`` (per token).
+    """
+
+    name = "token-flow"
+
+    def __init__(self, num_steps: int = 16, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
+                 temperature: float = 1.0, time_shift: float = 1.0):
+        super().__init__()
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if temperature < 0 or time_shift <= 0:
+            raise ValueError(f"need temperature >= 0 and time_shift > 0, got {temperature}, {time_shift}")
+        self.num_steps, self.temperature, self.time_shift = num_steps, temperature, time_shift
+        # Only the guidance schedule of the processor is used (no logits here).
+        self.guidance = LogitsProcessor(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule)
+
+    def sample_token(self, model, z: torch.Tensor, noise: torch.Tensor, scale: float,
+                     doubled: bool) -> torch.Tensor:
+        """One token: ``z [B', vis_dim]`` conditions (``[cond; uncond]`` when doubled), ``noise
+        [B, C]`` at t = 1 -> latent ``[B, C]``."""
+        scheduler = euler_scheduler(self.num_steps, self.time_shift)
+        x = noise
+        for timestep, sigma in zip(scheduler.timesteps, scheduler.sigmas[:-1]):
+            x_in = x.repeat(2, 1) if doubled else x
+            v = model.velocity(x_in, sigma.to(x).expand(x_in.shape[0]), z).float()
+            if doubled:
+                cond, uncond = v.chunk(2)
+                v = uncond + scale * (cond - uncond)
+            x = scheduler.step(-v, timestep, x).prev_sample
+        return x
+
+    @torch.no_grad()
+    def __call__(self, model, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+        labels = self.check_labels(model, labels, rng)
+        labels = labels.to(next(model.parameters()).device)
+        h, w = model.grid_shape
+        n, b, channels = h * w, labels.shape[0], model.latent_channels
+        doubled = self.guidance.uses_cfg
+        cond = cfg_labels(labels, model.null_class) if doubled else labels
+        scales = [self.guidance.guidance(i, n) if doubled else 1.0 for i in range(n)]
+        tokens = torch.empty(b, n, channels, device=labels.device)
+        model.setup_cache(cond.shape[0])
+        try:
+            z = model.prefill(cond)                                             # [B', vis_dim]
+            for i in range(n):
+                noise = rng.randn(channels).to(labels.device) * self.temperature  # [B, C]
+                tokens[:, i] = self.sample_token(model, z, noise, scales[i], doubled)
+                if i + 1 < n:
+                    step = tokens[:, i:i + 1]
+                    z = model.decode(step.repeat(2, 1, 1) if doubled else step,
+                                     torch.tensor([i], device=labels.device))[:, -1]
+        finally:
+            model.clear_cache()
+        self.stats = {"forward_passes": n, "head_evaluations": n * self.num_steps, "cfg_scales": scales}
+        return tokens.transpose(1, 2).reshape(b, channels, h, w)
