@@ -24,6 +24,7 @@ Weights are resolved without network access, in this order:
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -333,4 +334,6 @@ class InceptionFeatures(nn.Module):
 
     def describe(self) -> Dict[str, object]:
         return {"inception_weights": self.weights_source, "random_weights": self.random_weights,
-                "inception_has_logits": self.has_logits}
+                "inception_has_logits": self.has_logits,
+                "feature_extractor": f"torch-fidelity {importlib.metadata.version('torch-fidelity')} "
+                                     "FeatureExtractorInceptionV3 ('inception-v3-compat')"}

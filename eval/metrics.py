@@ -135,7 +135,7 @@ def _kth_neighbour_radii(x: torch.Tensor, k: int, batch: int) -> torch.Tensor:
 
 def _inside_manifold(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor, batch: int) -> float:
     inside = [(torch.cdist(chunk, support) <= radii[None]).any(1) for chunk in queries.split(batch)]
-    return torch.cat(inside).float().mean().item()
+    return torch.cat(inside).double().mean().item()
 
 
 def precision_recall(generated: torch.Tensor, real: torch.Tensor, k: int = 3, batch: int = 10000
@@ -346,8 +346,8 @@ def format_adm_table(result: Dict[str, Any]) -> str:
             shown = f"{value:.6g}" + (f" ± {result[key + '_std']:.3g}" if result.get(key + "_std") else "")
         lines.append(f"{name}: {shown}")
     lines.append(f"samples: {result.get('num_samples')}, reference: {result.get('num_reference')}")
-    for key in ("inception_weights", "reference_inception_weights", "reference_statistics", "inception_score_splits",
-                "protocol", "device", "batch_size"):
+    for key in ("inception_weights", "feature_extractor", "reference_inception_weights", "reference_statistics",
+                "inception_score_splits", "protocol", "device", "batch_size"):
         if key in result:
             lines.append(f"{key}: {result[key]}")
     if result.get("random_weights"):

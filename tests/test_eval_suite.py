@@ -169,6 +169,7 @@ def test_all_table_has_adm_names_in_adm_order(ev, tmp_path, capsys):
     assert all(isinstance(v, float) for v in result["table"].values())
     assert result["inception_weights"] == str(weights) and "ADM" in result["inception_score_splits"]
     assert result["device"] == "cpu" and "TF32 off" in result["protocol"]
+    assert result["feature_extractor"].startswith("torch-fidelity ")
     # Weights without the head (random here, the fid-helper conversion in practice): IS is n/a, with why.
     r = ev.m.evaluate_all(_images(8, 5), _images(8, 6), verbose=False, extractor=ev.ext, fid_method="eigvals",
                           kid_subset_size=8)
