@@ -27,6 +27,7 @@ SHIPPED_SHA256 = {
     "xar-mnist": "42e003e57b9853b74949abb4e1c74ad7273c0c1d21ad716c7a25840e6a180451",
     "nar-mnist": "0a3c1ce1b3b52a648b0fb89ecf1d4eb591d20ac2f409364793f0677f40e21b92",
     "llamagen-mnist": "d1254f6542f7b84d01a303d1e0504c47764cc6ffeaa090f4d6dc92be44fccb35",
+    "video-vq-mnist": "d5bb0e35a34cb445fa1fe9cd40550bc0cd35a9b7a3c8b18e97db5bd4250e30b4",
 }
 
 
