@@ -13,6 +13,7 @@ from vargen.tokenizers import KLConfig, KLTokenizer, VideoVQConfig, VideoVQToken
 
 from .llamagen import LlamaGen, LlamaGenConfig
 from .nar import NAR, NARConfig
+from .nar_video import NARVideo, NARVideoConfig
 from .xar import XAR, XARConfig
 
 GRID = 8
@@ -54,3 +55,13 @@ register_model("xar-mnist", XAR, weights=_shipped("xar-mnist"), config=XARConfig
 # 16 x 32 x 32 Moving-MNIST clips -> 4 x 8 x 8 ids out of 256.
 register_model("video-vq-mnist", VideoVQTokenizer, weights=_shipped("video-vq-mnist"), config=VideoVQConfig(
     codebook_size=CODEBOOK, codebook_embed_dim=8, hidden=64, num_res_blocks=2))
+
+# Draft for the video generators (issue 14 item 3; architecture only, not trained yet): the NAR
+# video trunk on video-vq-mnist's 4 x 8 x 8 ids, decoded in T + H + W - 2 = 18 passes. No dropout,
+# as xar-mnist (cheaper on a CPU, better at this scale). Its raster baseline is meant to be this
+# same config and trunk decoding the 256 ids one at a time in raster order (a causal mask and one
+# next-token head), which the trunk does not offer yet. Measured on this shared CPU (load ~24, one
+# thread): 9.4 s per training step at batch 16; dim 96: 7.0 s; dim 64: 4.7 s.
+register_model("nar-video-mnist", NARVideo, config=NARVideoConfig(
+    dim=128, n_layer=4, n_head=4, multiple_of=64, vocab_size=CODEBOOK, num_classes=10,
+    latent_shape=(4, 8, 8), token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0))
