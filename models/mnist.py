@@ -16,6 +16,7 @@ from vargen.tokenizers import (KLConfig, KLTokenizer, MingTok, MingTokConfig, Vi
 from .cont_ar import ContAR, ContARConfig
 from .llamagen import LlamaGen, LlamaGenConfig
 from .nar import NAR, NARConfig
+from .nar_video import NARVideo, NARVideoConfig
 from .xar import XAR, XARConfig
 
 GRID = 8
@@ -31,6 +32,7 @@ SHIPPED_SHA256 = {
     "nar-mnist": "0a3c1ce1b3b52a648b0fb89ecf1d4eb591d20ac2f409364793f0677f40e21b92",
     "llamagen-mnist": "d1254f6542f7b84d01a303d1e0504c47764cc6ffeaa090f4d6dc92be44fccb35",
     "mingtok-mnist": "48e8703ec120295555136f805da9dbd86c842812a0ed3e44be87ed6534e6ac33",
+    "video-vq-mnist": "d5bb0e35a34cb445fa1fe9cd40550bc0cd35a9b7a3c8b18e97db5bd4250e30b4",
 }
 
 
@@ -76,3 +78,13 @@ register_model("cont-ar-mnist", ContAR, weights=_shipped("cont-ar-mnist"), confi
     latent_channels=4, **_CONT_AR))
 register_model("cont-ar-mingtok-mnist", ContAR, weights=_shipped("cont-ar-mingtok-mnist"), config=ContARConfig(
     latent_channels=4, input_kind="semantic", semantic_dim=128, semantic_tokenizer="mingtok-mnist", **_CONT_AR))
+
+# Draft for the video generators (issue 14 item 3; architecture only, not trained yet): the NAR
+# video trunk on video-vq-mnist's 4 x 8 x 8 ids, decoded in T + H + W - 2 = 18 passes. No dropout,
+# as xar-mnist (cheaper on a CPU, better at this scale). Its raster baseline is meant to be this
+# same config and trunk decoding the 256 ids one at a time in raster order (a causal mask and one
+# next-token head), which the trunk does not offer yet. Measured on this shared CPU (load ~24, one
+# thread): 9.4 s per training step at batch 16; dim 96: 7.0 s; dim 64: 4.7 s.
+register_model("nar-video-mnist", NARVideo, config=NARVideoConfig(
+    dim=128, n_layer=4, n_head=4, multiple_of=64, vocab_size=CODEBOOK, num_classes=10,
+    latent_shape=(4, 8, 8), token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0))
