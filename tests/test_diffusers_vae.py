@@ -131,4 +131,5 @@ def test_xar_trains_and_samples_on_a_hub_vae(hub_vae, tmp_path):
     pipe = Pipeline(tokenizer, generator, sampler="flow", sampler_options=dict(num_steps=2))
     images = pipe.generate([0, 1, 2], seed=0)
     assert images.shape == (3, 3, 32, 32) and torch.isfinite(images).all()
-    assert torch.equal(pipe.generate([1], seed=0, sample_offset=1), images[1:2])  # per-sample seeds
+    alone = pipe.generate([1], seed=0, sample_offset=1)  # per-sample seeds: batch-invariant
+    torch.testing.assert_close(alone, images[1:2], atol=1e-4, rtol=0)
