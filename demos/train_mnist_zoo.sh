@@ -26,6 +26,13 @@ config["scale_factor"] = round(1 / std, 3)
 json.dump(config, open("weights/kl-mnist/config.json", "w"), indent=2, sort_keys=True)
 print("kl-mnist scale_factor", config["scale_factor"])
 PY
+# The shipped vq-mnist / kl-mnist were trained by the commands above at commit bdf7671, when the
+# tokenizers still used the official key names, then re-keyed to diffusers' blocks (same ids and
+# latents: tests/test_rekeyed_shipped.py). On a folder trained since, re-keying changes nothing; a
+# run at a later commit starts from another random init, so its tokenizers (and the generators
+# trained on their tokens below) differ from the shipped ones.
+python demos/rekey_tokenizer.py weights/vq-mnist weights/vq-mnist
+python demos/rekey_tokenizer.py weights/kl-mnist weights/kl-mnist
 # MingTok (needs the shipped digit-classifier as its frozen feature target). Latent normalisation
 # constants from the train split afterwards, as the release's mean / scaling_factor.
 vargen train --model mingtok-mnist --data mnist --steps 1200 --batch-size 32 --lr 1e-3 --ema-decay 0.998 \

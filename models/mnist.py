@@ -26,8 +26,8 @@ _TRUNK = dict(dim=128, n_layer=6, n_head=4, multiple_of=64, vocab_size=CODEBOOK,
 
 # sha256 of each shipped model.safetensors; tests/test_shipped.py fails if a file changes.
 SHIPPED_SHA256 = {
-    "vq-mnist": "c73e8eb4442ff46a048dc3b9474a61dbe26fd7d72255e5f1d380d05b74270de3",
-    "kl-mnist": "5fd2d48483a436f2780e77c65e83213e8295a422fdf69d71155a08226d9afe64",
+    "vq-mnist": "94f28125351d5a2344e97e42f591f6d81982962aa09b3f18faf98467ce2686d8",
+    "kl-mnist": "267fc12dc0fe493383059743f6a00b03a791f387eb32a5f260fc2224449214c1",
     "xar-mnist": "42e003e57b9853b74949abb4e1c74ad7273c0c1d21ad716c7a25840e6a180451",
     "nar-mnist": "0a3c1ce1b3b52a648b0fb89ecf1d4eb591d20ac2f409364793f0677f40e21b92",
     "llamagen-mnist": "d1254f6542f7b84d01a303d1e0504c47764cc6ffeaa090f4d6dc92be44fccb35",

@@ -1,4 +1,5 @@
 """Small things several test files need: tiny MNIST token grids."""
+import torch
 import torch.nn.functional as F
 
 from vargen.data import MNISTDigits
@@ -16,3 +17,25 @@ def mnist_token_grids(n: int = 8, grid: int = 4, vocab: int = 64, split: str = "
     pooled = F.adaptive_avg_pool2d(images, grid)[:, 0]  # [n, grid, grid]
     ids = ((pooled + 1) / 2 * vocab).long().clamp(0, vocab - 1)
     return ids, data.labels[picks].long()
+
+
+def random_state(shapes, seed: int = 0):
+    """Deterministic random weights for a ``{key: shape}`` key tree, scaled so a conv net's
+    activations stay O(1): convs ~ N(0, 1/fan_in), norm weights ~ 1, biases ~ 0.1.
+
+    Depends only on the keys and shapes (not on any module's init order), so weights written for
+    one implementation can be rebuilt for another through a converter.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key in sorted(shapes):
+        shape = tuple(shapes[key])
+        x = torch.randn(shape, generator=gen)
+        if len(shape) == 4:  # conv: [out, in, k, k]
+            x = x / (shape[1] * shape[2] * shape[3]) ** 0.5
+        elif len(shape) == 1 and key.endswith(".weight"):  # GroupNorm scale
+            x = 1.0 + 0.1 * x
+        elif len(shape) == 1:  # biases, the usage window
+            x = 0.1 * x
+        state[key] = x
+    return state

@@ -1,15 +1,20 @@
 """LlamaGen VQ and MAR KL-16 tokenizers: official key trees, strict official loading, shapes,
 a real fit on MNIST digits, save/load round trips and input errors."""
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import random_state
+from safetensors.torch import load_file
+
 import vargen
 from vargen.data import MNISTDigits
-from vargen.hub import WeightsError
-from vargen.tokenizers import KLTokenizer, VQTokenizer
+from vargen.hub import WeightsError, load_state_dict_strict
+from vargen.tokenizers import KLTokenizer, VQTokenizer, convert_llamagen_vq, convert_mar_kl16
+from vargen.tokenizers.diffusers_vae import diffusers_config
 
 # ----------------------------------------------------------------------------- expected key trees
 # Written from the official layouts (LlamaGen tokenizer_image/vq_model.py, MAR models/vae.py):
@@ -78,7 +83,7 @@ def llamagen_vq_keys(ch, ch_mult, nrb, z, codebook_size, dim):
     return keys
 
 
-def mar_kl_keys(ch, ch_mult, nrb, embed_dim, enc_attn_levels):
+def mar_kl_keys(ch, ch_mult, nrb, embed_dim, enc_attn_levels, dec_attn_levels=()):
     n, keys = len(ch_mult), {}
     keys.update(_conv("encoder.conv_in", 3, ch, 3))
     in_ch_mult = (1,) + tuple(ch_mult)
@@ -101,6 +106,8 @@ def mar_kl_keys(ch, ch_mult, nrb, embed_dim, enc_attn_levels):
         for j in range(nrb + 1):
             keys.update(_resnet(f"decoder.up.{i}.block.{j}", cin, cout))
             cin = cout
+            if i in dec_attn_levels:
+                keys.update(_attn(f"decoder.up.{i}.attn.{j}", cout))
         if i != 0:
             keys.update(_conv(f"decoder.up.{i}.upsample.conv", cout, cout, 3))
     keys.update({**_norm("decoder.norm_out", ch * ch_mult[0]),
@@ -114,26 +121,58 @@ def _shapes(model):
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def official_vq_keys(c):
+    return llamagen_vq_keys(c.ch, c.ch_mult, c.num_res_blocks, c.z_channels, c.codebook_size,
+                            c.codebook_embed_dim)
+
+
+def official_kl_keys(c):
+    return mar_kl_keys(c.ch, c.ch_mult, c.num_res_blocks, c.embed_dim, c.encoder_attn_levels,
+                       c.decoder_attn_levels)
+
+
+def _converted_shapes(converter, official):
+    """What the converter makes of an official key tree (meta tensors: no memory)."""
+    return {k: tuple(v.shape) for k, v in
+            converter({k: torch.empty(shape, device="meta") for k, shape in official.items()}).items()}
+
+
 @pytest.mark.parametrize("name", ["llamagen-vq-tiny", "llamagen-vq16", "llamagen-vq8"])
-def test_vq_state_dict_is_the_official_key_tree(name):
+def test_converted_official_vq_key_tree_is_the_model_and_diffusers_vqmodel(name):
+    from diffusers import VQModel
+
     c = vargen.model_config(name)
     with torch.device("meta"):  # full-size models without allocating weights
         model = vargen.create_model(name)
-    expected = llamagen_vq_keys(c.ch, c.ch_mult, c.num_res_blocks, c.z_channels,
-                                c.codebook_size, c.codebook_embed_dim)
-    assert _shapes(model) == expected
+        n = len(c.ch_mult)  # the VQModel of ecosystem.md 2.7 / samplers_tokenizers.md C.5
+        vqmodel = VQModel(down_block_types=("DownEncoderBlock2D",) * (n - 1) + ("AttnDownEncoderBlock2D",),
+                          up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * (n - 1),
+                          block_out_channels=tuple(c.ch * m for m in c.ch_mult),
+                          layers_per_block=c.num_res_blocks, latent_channels=c.z_channels,
+                          vq_embed_dim=c.codebook_embed_dim, num_vq_embeddings=c.codebook_size)
+    official = official_vq_keys(c)
+    assert _converted_shapes(convert_llamagen_vq, official) == _shapes(model)  # strict: 0 missing / 0 extra
+    assert len(official) == len(_shapes(model))  # one-to-one renames
+    # diffusers' VQModel has the same keys, bar vargen's codebook-usage window
+    assert _shapes(vqmodel) == {k: v for k, v in _shapes(model).items() if k != "quantize.codebook_used"}
 
 
 @pytest.mark.parametrize("name", ["mar-kl-tiny", "mar-kl16"])
-def test_kl_state_dict_is_the_official_key_tree(name):
+def test_converted_official_kl_key_tree_is_the_model_and_diffusers_autoencoderkl(name):
+    from diffusers import AutoencoderKL
+
     c = vargen.model_config(name)
     with torch.device("meta"):
         model = vargen.create_model(name)
-    expected = mar_kl_keys(c.ch, c.ch_mult, c.num_res_blocks, c.embed_dim, c.encoder_attn_levels)
-    assert _shapes(model) == expected
+        vae = AutoencoderKL(**diffusers_config(c))
+    official = official_kl_keys(c)
+    assert _converted_shapes(convert_mar_kl16, official) == _shapes(model) == _shapes(vae)
     if name == "mar-kl16":  # MAR: attention only in down[4] and the mids, none in the decoder up path
-        attn = sorted({k.rsplit(".attn.", 1)[0] for k in expected if ".attn." in k})
+        assert len(official) == 312
+        attn = sorted({k.rsplit(".attn.", 1)[0] for k in official if ".attn." in k})
         assert attn == ["encoder.down.4"]
+        assert vae.config.down_block_types[4] == "AttnDownEncoderBlock2D"
+        assert set(vae.config.up_block_types) == {"UpDecoderBlock2D"}
         assert model.config.scale_factor == 0.2325 and model.downsample == 16
 
 
@@ -145,13 +184,52 @@ def test_full_size_parameter_counts():
     assert 60e6 < kl16.num_params() < 70e6  # a ~254 MB fp32 checkpoint
 
 
+# ----------------------------------------------------------------------------- same outputs as before
+# tests/fixtures/README.md: outputs of the hand-written conv stack (commit bdf7671) on weights that
+# random_state() rebuilds from the official key tree; here they reach the diffusers-based modules
+# through the official converters.
+BEFORE = load_file(Path(__file__).parent / "fixtures" / "tokenizers_before_diffusers.safetensors")
+KL_ATTN = dict(encoder_attn_levels=(1, 3), decoder_attn_levels=(0, 2))
+
+
+def _from_official(name, keys, converter, **overrides):
+    model = vargen.create_model(name, **overrides).eval()
+    official = random_state(keys(vargen.model_config(name, **overrides)), seed=0)
+    load_state_dict_strict(model, converter(official))
+    return model
+
+
+def test_vq_on_diffusers_blocks_matches_the_official_layout_module():
+    vq = _from_official("llamagen-vq-tiny", official_vq_keys, convert_llamagen_vq)
+    x = BEFORE["vq.images"]  # [2, 3, 32, 48]
+    with torch.no_grad():
+        torch.testing.assert_close(vq._latents(x), BEFORE["vq.latents"], atol=1e-5, rtol=0)
+        ids = vq.encode(x)
+        assert torch.equal(ids, BEFORE["vq.ids"])
+        torch.testing.assert_close(vq.decode(ids), BEFORE["vq.decoded"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(vq(x), BEFORE["vq.recon"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(vq.loss(x)[0].reshape(1), BEFORE["vq.loss"], atol=0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case,overrides", [("kl", {}), ("kl_attn", KL_ATTN)])
+def test_kl_on_diffusers_blocks_matches_the_official_layout_module(case, overrides):
+    kl = _from_official("mar-kl-tiny", official_kl_keys, convert_mar_kl16, **overrides)
+    x = BEFORE[f"{case}.images"]
+    with torch.no_grad():
+        torch.testing.assert_close(kl.quant_conv(kl.encoder(x)), BEFORE[f"{case}.moments"], atol=1e-5, rtol=0)
+        latents = kl.encode(x)
+        torch.testing.assert_close(latents, BEFORE[f"{case}.latents"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(kl.decode(latents), BEFORE[f"{case}.decoded"], atol=1e-4, rtol=0)
+        loss = kl.loss(x, generator=torch.Generator().manual_seed(2))[0]
+    torch.testing.assert_close(loss.reshape(1), BEFORE[f"{case}.loss"], atol=0, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- official checkpoints
-def _official_file(tmp_path, model, name, extra=None):
+def _official_file(tmp_path, name, sd, extra=None):
     """An official-style training checkpoint: weights under "model" next to other entries."""
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
-    sd.update(extra or {})
     path = tmp_path / name
-    torch.save({"model": sd, "steps": torch.tensor(5), "args": argparse.Namespace(lr=1e-4)}, path)
+    torch.save({"model": {**sd, **(extra or {})}, "steps": torch.tensor(5),
+                "args": argparse.Namespace(lr=1e-4)}, path)
     return path
 
 
@@ -163,28 +241,32 @@ def _assert_same_state(a, b):
 
 
 def test_official_vq_checkpoint_loads_strictly(tmp_path):
-    src = vargen.create_model("llamagen-vq-tiny")
-    src.quantize.codebook_used.copy_(torch.arange(65536.0) % 64)
-    loaded = vargen.create_model("llamagen-vq-tiny", pretrained=_official_file(tmp_path, src, "vq.pt"))
-    _assert_same_state(src, loaded)
+    official = random_state(official_vq_keys(vargen.model_config("llamagen-vq-tiny")))
+    official["quantize.codebook_used"] = torch.arange(65536.0) % 64
+    loaded = vargen.create_model("llamagen-vq-tiny", pretrained=_official_file(tmp_path, "vq.pt", official))
+    assert torch.equal(loaded.quantize.codebook_used, official["quantize.codebook_used"])
+    assert torch.equal(loaded.encoder.down_blocks[3].attentions[0].to_q.weight,
+                       official["encoder.conv_blocks.3.attn.0.q.weight"][:, :, 0, 0])
+    assert torch.equal(loaded.decoder.up_blocks[2].resnets[0].conv_shortcut.weight,  # 64 -> 32 wide
+                       official["decoder.conv_blocks.2.res.0.nin_shortcut.weight"])
 
-    sd = src.state_dict()
-    del sd["quantize.codebook_used"]
-    path = tmp_path / "missing.pt"
-    torch.save({"model": sd}, path)
+    del official["quantize.codebook_used"]
     with pytest.raises(WeightsError, match="quantize.codebook_used"):
-        vargen.create_model("llamagen-vq-tiny", pretrained=path)
+        vargen.create_model("llamagen-vq-tiny", pretrained=_official_file(tmp_path, "missing.pt", official))
 
 
 def test_official_kl_checkpoint_drops_loss_keys_and_is_strict_otherwise(tmp_path):
-    src = vargen.create_model("mar-kl-tiny")
+    official = random_state(official_kl_keys(vargen.model_config("mar-kl-tiny")))
     loss_keys = {"loss.logvar": torch.zeros(()),
                  "loss.discriminator.main.0.weight": torch.randn(4, 3, 4, 4),
                  "loss.perceptual_loss.net.slice1.0.weight": torch.randn(4, 3, 3, 3)}
-    path = _official_file(tmp_path, src, "kl16.ckpt", loss_keys)
-    _assert_same_state(src, vargen.create_model("mar-kl-tiny", pretrained=path))
+    loaded = vargen.create_model("mar-kl-tiny", pretrained=_official_file(tmp_path, "kl16.ckpt", official, loss_keys))
+    assert torch.equal(loaded.decoder.up_blocks[0].upsamplers[0].conv.weight,  # LDM up.3 = lowest res
+                       official["decoder.up.3.upsample.conv.weight"])
+    assert torch.equal(loaded.encoder.mid_block.attentions[0].to_out[0].bias,
+                       official["encoder.mid.attn_1.proj_out.bias"])
 
-    path = _official_file(tmp_path, src, "extra.ckpt", {"encoder.extra.weight": torch.zeros(2)})
+    path = _official_file(tmp_path, "extra.ckpt", official, {"encoder.extra.weight": torch.zeros(2)})
     with pytest.raises(WeightsError, match="encoder.extra.weight"):
         vargen.create_model("mar-kl-tiny", pretrained=path)
 

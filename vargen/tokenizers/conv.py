@@ -1,4 +1,4 @@
-"""Convolutional encoder / decoder shared by the VQ and KL image tokenizers.
+"""Convolutional encoder / decoder of the VQ and KL image tokenizers: diffusers' VAE blocks.
 
 Both official tokenizers vargen reproduces descend from the taming-transformers / latent-diffusion
 autoencoder (Esser et al., "Taming Transformers", CVPR 2021; Rombach et al., "High-Resolution Image
@@ -7,232 +7,92 @@ Synthesis with Latent Diffusion Models", CVPR 2022):
 - LlamaGen's VQ (github.com/FoundationVision/LlamaGen, ``tokenizer/tokenizer_image/vq_model.py``),
 - MAR's KL-16 VAE (github.com/LTH14/mar, ``models/vae.py``, adopted from LDM).
 
-The two official files are near-copies of one network; they differ only in container names and
-in where attention sits. Here the blocks exist once and a :class:`ConvLayout` names the containers,
-so each tokenizer's ``state_dict`` keys equal its official checkpoint's keys:
+diffusers' ``Encoder`` / ``Decoder`` (``diffusers.models.autoencoders.vae``, the blocks of its
+``AutoencoderKL`` and ``VQModel``) are the same network: GroupNorm(32, eps 1e-6), swish,
+ResnetBlock2D (1x1 ``conv_shortcut`` when the width changes), single-head attention after every res
+block of a level whose block type is ``Attn*`` (plus the mid block's), stride-2 conv downsampling
+with (0, 1, 0, 1) padding, nearest x2 upsampling followed by a 3x3 conv. So vargen builds its
+tokenizers from them, and the official checkpoints reach them through the key renames of
+:func:`official_to_diffusers`:
 
-=================  ==============================  =====================================
-                   LlamaGen (``LLAMAGEN_LAYOUT``)  LDM / MAR (``LDM_LAYOUT``)
-=================  ==============================  =====================================
-encoder levels     ``encoder.conv_blocks.{i}``      ``encoder.down.{i}``
-decoder levels     ``decoder.conv_blocks.{k}``,     ``decoder.up.{i}``, indexed by level
-                   lowest resolution first          (``up.0`` is the full-resolution one)
-res blocks         ``.res.{j}``                     ``.block.{j}``
-middle             ``mid.{0,1,2}``                  ``mid.{block_1,attn_1,block_2}``
-=================  ==============================  =====================================
+=====================  ==========================  ===========================  ============================
+official               LlamaGen                    LDM / MAR                    diffusers (vargen)
+=====================  ==========================  ===========================  ============================
+encoder level i        ``encoder.conv_blocks.i``   ``encoder.down.i``           ``encoder.down_blocks.i``
+decoder level          ``decoder.conv_blocks.k``,  ``decoder.up.i``, by level   ``decoder.up_blocks.k``,
+                       lowest resolution first     (``up.0`` = full resolution) lowest resolution first
+res blocks / attention ``.res.j`` / ``.attn.j``    ``.block.j`` / ``.attn.j``   ``.resnets.j`` / ``.attentions.j``
+resampling             ``.downsample.conv``        same                         ``.downsamplers.0.conv``
+                       ``.upsample.conv``                                       ``.upsamplers.0.conv``
+middle                 ``mid.{0,1,2}``             ``mid.{block_1,attn_1,       ``mid_block.{resnets.0,
+                                                   block_2}``                   attentions.0, resnets.1}``
+=====================  ==========================  ===========================  ============================
 
-Shared pieces: GroupNorm(32, eps 1e-6), swish, ResnetBlock (1x1 ``nin_shortcut`` when the width
-changes), single-head AttnBlock with 1x1-conv q/k/v/proj_out, stride-2 conv downsampling with
-(0, 1, 0, 1) padding, nearest-neighbour x2 upsampling followed by a 3x3 conv.
+Inside the blocks: ``nin_shortcut`` -> ``conv_shortcut``, ``norm_out`` -> ``conv_norm_out``, and
+the attention's 1x1 convs ``norm, q, k, v, proj_out`` -> ``group_norm, to_q, to_k, to_v,
+to_out.0`` (Linear: ``[C, C, 1, 1]`` -> ``[C, C]``).
+
+diffusers is imported when a network is built, not when vargen is imported, so listing the zoo
+stays fast.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+StateDict = Dict[str, torch.Tensor]
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def _set_dropout(net: nn.Module, p: float) -> nn.Module:
+    """The official tokenizers' dropout sits where ResnetBlock2D's does (before ``conv2``);
+    diffusers' Encoder / Decoder fix it at 0, so set it here."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    for module in net.modules():
+        if isinstance(module, ResnetBlock2D):
+            module.dropout.p = p
+    return net
 
 
-class ResnetBlock(nn.Module):
-    """norm-swish-conv twice plus a residual (1x1 ``nin_shortcut`` when widths differ)."""
+def build_encoder(ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_levels: Iterable[int],
+                  out_channels: int, double_z: bool, dropout: float = 0.0) -> nn.Module:
+    """Pixels ``[B, 3, H, W]`` -> ``[B, out (x2 if double_z), H/2^(L-1), W/2^(L-1)]``, L = len(ch_mult).
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
-        super().__init__()
-        self.norm1 = group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.nin_shortcut = (nn.Conv2d(in_channels, out_channels, 1)
-                             if in_channels != out_channels else None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, Cin, H, W] -> [B, Cout, H, W]
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return skip + h
-
-
-class AttnBlock(nn.Module):
-    """Single-head self-attention over all pixels, with 1x1-conv projections (taming layout)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.norm = group_norm(channels)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> same
-        b, c, h, w = x.shape
-        y = self.norm(x)
-        # [B, C, H, W] -> [B, 1, HW, C]: one head of width C, scale C^-1/2 as in the official code
-        q, k, v = (proj(y).flatten(2).transpose(1, 2).unsqueeze(1) for proj in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, 1, HW, C]
-        out = out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
-        return x + self.proj_out(out)
-
-
-class Downsample(nn.Module):
-    """Stride-2 3x3 conv; the official code pads right/bottom only, so the grid halves exactly."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, C, H/2, W/2]
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 conv."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, C, 2H, 2W]
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
-@dataclass(frozen=True)
-class ConvLayout:
-    """Container names of an official key tree (see the module docstring)."""
-
-    encoder_levels: str
-    decoder_levels: str
-    blocks: str
-    mid: Tuple[str, str, str]
-    decoder_low_res_first: bool  # True: decoder list in run order; False: indexed by level
-
-
-LLAMAGEN_LAYOUT = ConvLayout("conv_blocks", "conv_blocks", "res", ("0", "1", "2"), True)
-LDM_LAYOUT = ConvLayout("down", "up", "block", ("block_1", "attn_1", "block_2"), False)
-
-
-class Level(nn.Module):
-    """One resolution: res blocks (each followed by attention when ``attn``), then resampling."""
-
-    def __init__(self, blocks_name: str, in_channels: int, out_channels: int, num_blocks: int,
-                 attn: bool, dropout: float, resample: Optional[str]):
-        super().__init__()
-        self._blocks_name = blocks_name
-        blocks = []
-        for _ in range(num_blocks):
-            blocks.append(ResnetBlock(in_channels, out_channels, dropout))
-            in_channels = out_channels
-        self.add_module(blocks_name, nn.ModuleList(blocks))
-        self.attn = nn.ModuleList(AttnBlock(out_channels) for _ in range(num_blocks) if attn)
-        self._resample_name = resample
-        if resample == "downsample":
-            self.downsample = Downsample(out_channels)
-        elif resample == "upsample":
-            self.upsample = Upsample(out_channels)
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return getattr(self, self._blocks_name)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        for i, block in enumerate(self.blocks):
-            h = block(h)
-            if len(self.attn):
-                h = self.attn[i](h)
-        if self._resample_name is not None:
-            h = getattr(self, self._resample_name)(h)
-        return h
-
-
-class MidBlock(nn.Module):
-    """ResnetBlock, AttnBlock, ResnetBlock under the layout's three names."""
-
-    def __init__(self, names: Tuple[str, str, str], channels: int, dropout: float):
-        super().__init__()
-        self.add_module(names[0], ResnetBlock(channels, channels, dropout))
-        self.add_module(names[1], AttnBlock(channels))
-        self.add_module(names[2], ResnetBlock(channels, channels, dropout))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        for module in self.children():
-            h = module(h)
-        return h
-
-
-class Encoder(nn.Module):
-    """Pixels ``[B, in, H, W]`` -> features ``[B, out, H/2^(L-1), W/2^(L-1)]`` for L = len(ch_mult).
-
-    ``attn_levels`` lists the level indices (0 = full resolution) whose res blocks are each
-    followed by an AttnBlock.
+    ``attn_levels``: level indices (0 = full resolution) whose res blocks are each followed by
+    attention (diffusers' ``AttnDownEncoderBlock2D``).
     """
+    from diffusers.models.autoencoders.vae import Encoder
 
-    def __init__(self, layout: ConvLayout, in_channels: int, ch: int, ch_mult: Sequence[int],
-                 num_res_blocks: int, attn_levels: Iterable[int], out_channels: int,
-                 dropout: float = 0.0):
-        super().__init__()
-        attn_levels = set(attn_levels)
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
-        levels: List[Level] = []
-        block_in = ch
-        for i, mult in enumerate(ch_mult):
-            last = i == len(ch_mult) - 1
-            levels.append(Level(layout.blocks, block_in, ch * mult, num_res_blocks,
-                                i in attn_levels, dropout, None if last else "downsample"))
-            block_in = ch * mult
-        self._levels_name = layout.encoder_levels
-        self.add_module(layout.encoder_levels, nn.ModuleList(levels))
-        self.mid = MidBlock(layout.mid, block_in, dropout)
-        self.norm_out = group_norm(block_in)
-        self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
-        for level in getattr(self, self._levels_name):
-            h = level(h)
-        h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+    attn_levels = set(attn_levels)
+    blocks = tuple("AttnDownEncoderBlock2D" if i in attn_levels else "DownEncoderBlock2D"
+                   for i in range(len(ch_mult)))
+    return _set_dropout(Encoder(in_channels=3, out_channels=out_channels, down_block_types=blocks,
+                                block_out_channels=tuple(ch * m for m in ch_mult),
+                                layers_per_block=num_res_blocks, norm_num_groups=32, act_fn="silu",
+                                double_z=double_z), dropout)
 
 
-class Decoder(nn.Module):
-    """Latents ``[B, in, h, w]`` -> pixels ``[B, out, h*2^(L-1), w*2^(L-1)]``.
+def build_decoder(in_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
+                  attn_levels: Iterable[int], dropout: float = 0.0) -> nn.Module:
+    """Latents ``[B, in, h, w]`` -> pixels ``[B, 3, h*2^(L-1), w*2^(L-1)]``.
 
-    ``num_res_blocks`` is per level (both official decoders use 3); ``attn_levels`` as in
-    :class:`Encoder`, with 0 the full-resolution level.
+    ``num_res_blocks`` is the encoder's count: diffusers' decoder, like both official ones, has
+    one more per level. ``attn_levels`` as in :func:`build_encoder` (0 = full resolution);
+    diffusers lists up blocks lowest resolution first, so level i is ``up_blocks[L-1-i]``.
     """
+    from diffusers.models.autoencoders.vae import Decoder
 
-    def __init__(self, layout: ConvLayout, in_channels: int, ch: int, ch_mult: Sequence[int],
-                 num_res_blocks: int, attn_levels: Iterable[int], out_channels: int,
-                 dropout: float = 0.0):
-        super().__init__()
-        attn_levels = set(attn_levels)
-        block_in = ch * ch_mult[-1]
-        self.conv_in = nn.Conv2d(in_channels, block_in, 3, padding=1)
-        self.mid = MidBlock(layout.mid, block_in, dropout)
-        run_order = list(reversed(range(len(ch_mult))))  # lowest resolution first
-        built = {}
-        for i in run_order:
-            built[i] = Level(layout.blocks, block_in, ch * ch_mult[i], num_res_blocks,
-                             i in attn_levels, dropout, "upsample" if i != 0 else None)
-            block_in = ch * ch_mult[i]
-        index_order = run_order if layout.decoder_low_res_first else sorted(built)
-        self._levels_name = layout.decoder_levels
-        self._run = [index_order.index(i) for i in run_order]  # container positions, run order
-        self.add_module(layout.decoder_levels, nn.ModuleList(built[i] for i in index_order))
-        self.norm_out = group_norm(block_in)
-        self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
-        levels = getattr(self, self._levels_name)
-        for position in self._run:
-            h = levels[position](h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+    n, attn_levels = len(ch_mult), set(attn_levels)
+    blocks = tuple("AttnUpDecoderBlock2D" if n - 1 - k in attn_levels else "UpDecoderBlock2D"
+                   for k in range(n))
+    return _set_dropout(Decoder(in_channels=in_channels, out_channels=3, up_block_types=blocks,
+                                block_out_channels=tuple(ch * m for m in ch_mult),
+                                layers_per_block=num_res_blocks, norm_num_groups=32, act_fn="silu"),
+                        dropout)
 
 
 def check_channels(ch: int, ch_mult: tuple) -> None:
@@ -240,3 +100,66 @@ def check_channels(ch: int, ch_mult: tuple) -> None:
     if not ch_mult or any(ch * m % 32 for m in ch_mult):
         raise ValueError(f"ch * ch_mult must be non-empty multiples of 32 (GroupNorm(32)), "
                          f"got ch={ch}, ch_mult={ch_mult}")
+
+
+def check_attn_levels(num_levels: int, *level_lists: Iterable[int]) -> None:
+    bad = sorted({i for levels in level_lists for i in levels if not 0 <= i < num_levels})
+    if bad:
+        raise ValueError(f"attention levels must be in {list(range(num_levels))}, got {bad}")
+
+
+# ----------------------------------------------------------------------------- official -> diffusers
+@dataclass(frozen=True)
+class OfficialLayout:
+    """Container names of an official key tree (see the module docstring)."""
+
+    encoder_levels: str
+    decoder_levels: str
+    blocks: str  # res blocks inside a level
+    mid: Tuple[str, str, str]  # res, attention, res
+    decoder_by_level: bool  # True: decoder.up.i is level i (LDM); False: run order (LlamaGen)
+
+
+LLAMAGEN_LAYOUT = OfficialLayout("conv_blocks", "conv_blocks", "res", ("0", "1", "2"),
+                                 decoder_by_level=False)
+LDM_LAYOUT = OfficialLayout("down", "up", "block", ("block_1", "attn_1", "block_2"),
+                            decoder_by_level=True)
+_MID = ("resnets.0", "attentions.0", "resnets.1")
+_ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+
+
+def official_to_diffusers(state_dict: StateDict, layout: OfficialLayout) -> StateDict:
+    """Rename an official LlamaGen / LDM encoder-decoder key tree to diffusers' blocks.
+
+    Keys outside ``encoder.`` / ``decoder.`` (quant convs, codebook) and keys that match no rule
+    pass through unchanged, so the strict load that follows names anything unexpected.
+    """
+    enc, dec = layout.encoder_levels, layout.decoder_levels
+    level_ids = [int(m.group(1)) for k in state_dict if (m := re.match(rf"encoder\.{enc}\.(\d+)\.", k))]
+    num_levels = max(level_ids, default=-1) + 1
+    level_re = re.compile(rf"(encoder\.{enc}|decoder\.{dec})\.(\d+)\.(\w+)\.(.+)")
+    mid_re = re.compile(rf"(encoder|decoder)\.mid\.({'|'.join(layout.mid)})\.(.+)")
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        new = key
+        if m := level_re.fullmatch(key):
+            part, i, kind, rest = m.group(1).split(".")[0], int(m.group(2)), m.group(3), m.group(4)
+            container = "down_blocks" if part == "encoder" else "up_blocks"
+            if part == "decoder" and layout.decoder_by_level:
+                i = num_levels - 1 - i
+            kind = {layout.blocks: "resnets", "attn": "attentions", "downsample": "downsamplers.0",
+                    "upsample": "upsamplers.0"}.get(kind, kind)
+            new = f"{part}.{container}.{i}.{kind}.{rest}"
+        elif m := mid_re.fullmatch(key):
+            new = f"{m.group(1)}.mid_block.{_MID[layout.mid.index(m.group(2))]}.{m.group(3)}"
+        elif re.fullmatch(r"(encoder|decoder)\.norm_out\.\w+", key):
+            new = key.replace(".norm_out.", ".conv_norm_out.")
+        if ".attentions." in new:
+            head, name, param = new.rsplit(".", 2)
+            new = f"{head}.{_ATTN.get(name, name)}.{param}"
+            if param == "weight" and name in ("q", "k", "v", "proj_out"):
+                value = value.reshape(value.shape[0], -1)  # 1x1 conv -> Linear
+        elif ".resnets." in new:
+            new = new.replace(".nin_shortcut.", ".conv_shortcut.")
+        out[new] = value
+    return out

@@ -3,26 +3,30 @@
 Li et al., "Autoregressive Image Generation without Vector Quantization" (NeurIPS 2024), official
 code github.com/LTH14/mar, ``models/vae.py`` (adopted from LDM's KL-VAE, Rombach et al. 2022).
 
-vargen's own module (not diffusers' ``AutoencoderKL``, which cannot hold attention inside the
-encoder's down blocks without a custom block layout), built from :mod:`vargen.tokenizers.conv`
-in the LDM key layout, so ``state_dict`` keys equal the official checkpoint's:
+The network is exactly a diffusers ``AutoencoderKL``: built from diffusers' ``Encoder`` /
+``Decoder`` (:mod:`vargen.tokenizers.conv`) plus ``quant_conv`` / ``post_quant_conv``, so its
+``state_dict`` keys are ``AutoencoderKL``'s and the posterior is diffusers'
+``DiagonalGaussianDistribution`` (logvar clamped to [-30, 20]). KL-16:
 
-- encoder: ch 128, ch_mult (1, 1, 2, 2, 4), 2 res blocks per level, 2 AttnBlocks in ``down.4``
-  (LDM ``attn_resolutions=(16,)`` at resolution 256) plus mid attention, ``conv_out`` -> 2 x 16
-  channels (``double_z``);
-- ``quant_conv`` 32 -> 32 gives the moments of a diagonal Gaussian (logvar clamped to [-30, 20]);
+- encoder: ch 128, ch_mult (1, 1, 2, 2, 4), 2 res blocks per level, attention after both res blocks
+  of level 4 (LDM ``attn_resolutions=(16,)`` at resolution 256: ``AttnDownEncoderBlock2D``) plus mid
+  attention, ``conv_out`` -> 2 x 16 channels (``double_z``);
+- ``quant_conv`` 32 -> 32 gives the moments of a diagonal Gaussian;
 - decoder: ``post_quant_conv`` 16 -> 16, 3 res blocks per level, mid attention and **no attention
   in the up path** (as released: MAR issue #3, "we forgot to include it").
 
-Latents are multiplied by ``scale_factor`` 0.2325 (MAR normalises the latent std to about 1)
-on ``encode`` and divided by it on ``decode``; 256 px images give ``[B, 16, 16, 16]``.
+Latents follow diffusers' convention: ``encode`` returns ``(z - shift_factor) * scale_factor`` and
+``decode`` inverts it. MAR uses scale 0.2325 (it normalises the latent std to about 1) and no
+shift; 256 px images give ``[B, 16, 16, 16]``. Any diffusers-format ``AutoencoderKL`` from the Hub
+loads into this class through :mod:`vargen.tokenizers.diffusers_vae`.
 
-Weights: the official ``kl16.ckpt`` (``["model"]``, ~254 MB) is distributed through Dropbox by
-MAR's ``util/download.py``, not through the Hub, so ``mar-kl16`` registers no downloadable weights.
-Download it yourself and load it with ``vargen.create_model("mar-kl16", pretrained="kl16.ckpt")``;
-:func:`convert_mar_kl16` drops training-loss keys (the official loader uses ``strict=False``).
-Community Hub conversions exist (``xwen99/mar-vae-kl16``, ``jadechoghari/mar``) but are not
-verified here.
+Weights: the official ``kl16.ckpt`` (``["model"]``, ~254 MB, LDM key names) is distributed through
+Dropbox by MAR's ``util/download.py``, not through the Hub, so ``mar-kl16`` registers no
+downloadable weights. Download it yourself and load it with
+``vargen.create_model("mar-kl16", pretrained="kl16.ckpt")``: :func:`convert_mar_kl16` drops the
+training-loss keys (the official loader uses ``strict=False``) and renames LDM's keys to
+diffusers'. The diffusers-format conversion on the Hub is registered as
+``mar-vae-kl16-diffusers``.
 """
 from __future__ import annotations
 
@@ -34,7 +38,8 @@ import torch.nn as nn
 
 from vargen.registry import register_model
 from vargen.tokenizers.base import Tokenizer
-from vargen.tokenizers.conv import LDM_LAYOUT, Decoder, Encoder, check_channels
+from vargen.tokenizers.conv import (LDM_LAYOUT, build_decoder, build_encoder, check_attn_levels,
+                                    check_channels, official_to_diffusers)
 
 MAR_KL16_URL = ("https://www.dropbox.com/scl/fi/hhmuvaiacrarfg28qxhwz/kl16.ckpt"
                 "?rlkey=l44xipsezc8atcffdp4q7mwmh&dl=0")
@@ -55,7 +60,8 @@ class KLConfig:
     encoder_attn_levels: Tuple[int, ...] = (4,)
     decoder_attn_levels: Tuple[int, ...] = ()
     dropout: float = 0.0
-    scale_factor: float = 0.2325
+    scale_factor: float = 0.2325  # diffusers' scaling_factor
+    shift_factor: float = 0.0  # diffusers' shift_factor (SD3 / FLUX VAEs); MAR has none
     reconstruction_loss: str = "l1"  # "l1" (LDM) or "l2"
     kl_weight: float = 1e-6  # LDM kl-f16 config
 
@@ -63,27 +69,6 @@ class KLConfig:
 KL16 = KLConfig()
 # 32x32 MNIST -> [16, 4, 4] latents, like llamagen-vq-tiny's 4x4 ids.
 KL_TINY = KLConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, encoder_attn_levels=(3,))
-
-
-class DiagonalGaussian:
-    """Posterior ``N(mean, exp(logvar))`` from moments ``[B, 2C, h, w]`` (LDM's distribution)."""
-
-    def __init__(self, moments: torch.Tensor):
-        self.mean, logvar = moments.chunk(2, dim=1)
-        self.logvar = logvar.clamp(-30.0, 20.0)
-        self.std = torch.exp(0.5 * self.logvar)
-
-    def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device,
-                            dtype=self.mean.dtype)
-        return self.mean + self.std * noise
-
-    def mode(self) -> torch.Tensor:
-        return self.mean
-
-    def kl(self) -> torch.Tensor:
-        """KL to N(0, I), summed over ``[C, h, w]``: ``[B]``."""
-        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(1, 2, 3))
 
 
 class KLTokenizer(Tokenizer):
@@ -96,17 +81,14 @@ class KLTokenizer(Tokenizer):
         super().__init__(config)
         c = config
         check_channels(c.ch, c.ch_mult)
-        levels = range(len(c.ch_mult))
-        bad = [i for i in (*c.encoder_attn_levels, *c.decoder_attn_levels) if i not in levels]
-        if bad:
-            raise ValueError(f"attention levels must be in {list(levels)}, got {bad}")
+        check_attn_levels(len(c.ch_mult), c.encoder_attn_levels, c.decoder_attn_levels)
         if c.reconstruction_loss not in ("l1", "l2"):
             raise ValueError(f"reconstruction_loss must be 'l1' or 'l2', got {c.reconstruction_loss!r}")
         e = c.embed_dim
-        self.encoder = Encoder(LDM_LAYOUT, 3, c.ch, c.ch_mult, c.num_res_blocks,
-                               c.encoder_attn_levels, 2 * e, c.dropout)
-        self.decoder = Decoder(LDM_LAYOUT, e, c.ch, c.ch_mult, c.num_res_blocks + 1,
-                               c.decoder_attn_levels, 3, c.dropout)
+        self.encoder = build_encoder(c.ch, c.ch_mult, c.num_res_blocks, c.encoder_attn_levels, e,
+                                     double_z=True, dropout=c.dropout)
+        self.decoder = build_decoder(e, c.ch, c.ch_mult, c.num_res_blocks, c.decoder_attn_levels,
+                                     dropout=c.dropout)
         self.quant_conv = nn.Conv2d(2 * e, 2 * e, 1)
         self.post_quant_conv = nn.Conv2d(e, e, 1)
         self.downsample = 2 ** (len(c.ch_mult) - 1)
@@ -115,20 +97,23 @@ class KLTokenizer(Tokenizer):
     def latent_channels(self) -> int:
         return self.config.embed_dim
 
-    def posterior(self, images: torch.Tensor) -> DiagonalGaussian:
-        """The unscaled posterior over latents ``[B, 16, h, w]``."""
-        return DiagonalGaussian(self.quant_conv(self.encoder(self.check_images(images))))
+    def posterior(self, images: torch.Tensor):
+        """The unscaled posterior over latents ``[B, 16, h, w]`` (diffusers'
+        ``DiagonalGaussianDistribution``: ``.mean``, ``.mode()``, ``.sample(generator)``, ``.kl()``)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(self.check_images(images))))
 
     def encode(self, images: torch.Tensor, sample: bool = False,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Pixels ``[B, 3, H, W]`` -> ``scale_factor`` x latents ``[B, 16, H/ds, W/ds]``.
+        """Pixels ``[B, 3, H, W]`` -> ``(z - shift_factor) * scale_factor``, ``[B, 16, H/ds, W/ds]``.
 
         The posterior mean by default; ``sample=True`` draws from the posterior as MAR's
         training does (``generator`` makes it reproducible).
         """
         posterior = self.posterior(images)
         z = posterior.sample(generator) if sample else posterior.mode()
-        return z * self.config.scale_factor
+        return (z - self.config.shift_factor) * self.config.scale_factor
 
     def _decode_unscaled(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))
@@ -140,7 +125,8 @@ class KLTokenizer(Tokenizer):
         if latents.dim() != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"latents must be [B, {self.latent_channels}, h, w], "
                              f"got {tuple(latents.shape)}")
-        return self._decode_unscaled(latents.to(self.weight_dtype) / self.config.scale_factor)
+        c = self.config
+        return self._decode_unscaled(latents.to(self.weight_dtype) / c.scale_factor + c.shift_factor)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstruction from the posterior mean."""
@@ -169,12 +155,13 @@ class KLTokenizer(Tokenizer):
 
 
 def convert_mar_kl16(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Official ``kl16.ckpt["model"]`` -> vargen: drop training-loss / discriminator weights.
+    """Official ``kl16.ckpt["model"]`` -> vargen: drop training-loss / discriminator weights and
+    rename LDM's encoder/decoder keys to diffusers' (``AutoencoderKL``'s key tree).
 
-    Everything else keeps its name; the strict load that follows reports any other mismatch.
+    The strict load that follows reports any other mismatch.
     """
-    return {k: v for k, v in state_dict.items()
-            if not k.startswith(("loss.", "discriminator."))}
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(("loss.", "discriminator."))}
+    return official_to_diffusers(kept, LDM_LAYOUT)
 
 
 register_model("mar-kl16", KLTokenizer, KL16, converter=convert_mar_kl16)

@@ -3,15 +3,17 @@
 Sun et al., "Autoregressive Model Beats Diffusion: Llama for Scalable Image Generation" (2024),
 official code github.com/FoundationVision/LlamaGen, ``tokenizer/tokenizer_image/vq_model.py``.
 
-A taming-style conv encoder/decoder (:mod:`vargen.tokenizers.conv`, LlamaGen key layout) with
-attention at the lowest-resolution level of both, ``quant_conv`` z_channels -> 8, and a
+A taming-style conv encoder/decoder built from diffusers' VAE blocks (:mod:`vargen.tokenizers.conv`)
+with attention at the lowest-resolution level of both, ``quant_conv`` z_channels -> 8, and a
 16384 x 8 codebook looked up by cosine similarity (z and codes are l2-normalised, so the
-squared-distance argmin picks the most similar code). ``state_dict`` keys equal the official
-checkpoint's, including the ``quantize.codebook_used`` buffer (the last 65536 code ids seen in
-training, kept for the usage statistic).
+squared-distance argmin picks the most similar code). The quantizer is vargen's: diffusers'
+``VectorQuantizer`` does not normalise z, so it would train differently.
 
-Official checkpoints (``vq_ds16_c2i.pt``, ``vq_ds8_c2i.pt`` on the Hub repo
-``FoundationVision/LlamaGen``) store the weights under ``["model"]``; load them with
+``state_dict`` keys are those of diffusers' ``VQModel`` (``encoder.down_blocks.*``,
+``quantize.embedding.weight``, ...) plus the ``quantize.codebook_used`` buffer (the last 65536 code
+ids seen in training, kept for the usage statistic). Official checkpoints (``vq_ds16_c2i.pt``,
+``vq_ds8_c2i.pt`` on the Hub repo ``FoundationVision/LlamaGen``) store LlamaGen's key tree under
+``["model"]``; :func:`convert_llamagen_vq` renames it, so load them with
 ``vargen.create_model("llamagen-vq16", pretrained=True)`` or ``pretrained="vq_ds16_c2i.pt"``.
 """
 from __future__ import annotations
@@ -22,10 +24,12 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from vargen.registry import Weights, register_model
 from vargen.tokenizers.base import Tokenizer
-from vargen.tokenizers.conv import LLAMAGEN_LAYOUT, Decoder, Encoder, check_channels
+from vargen.tokenizers.conv import (LLAMAGEN_LAYOUT, build_decoder, build_encoder, check_channels,
+                                    official_to_diffusers)
 
 # The official VectorQuantizer keeps a fixed-length window of recent code ids.
 CODEBOOK_USAGE_WINDOW = 65536
@@ -89,8 +93,8 @@ class VectorQuantizer(nn.Module):
 
         ``z`` and ``codes`` are l2-normalised when the codebook is; N = B*h*w in raster order.
         """
-        b, d, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # [N, D]
+        b, _, h, w = z.shape
+        flat = rearrange(z, "b d h w -> (b h w) d")
         # The lookup runs in fp32 even under autocast, so ids do not depend on the precision.
         with torch.autocast(z.device.type, enabled=False):
             flat, codebook = flat.float(), self.codebook().float()
@@ -122,10 +126,10 @@ class VQTokenizer(Tokenizer):
         c = config
         check_channels(c.ch, c.ch_mult)
         lowest = (len(c.ch_mult) - 1,)  # LlamaGen puts attention only at the lowest resolution
-        self.encoder = Encoder(LLAMAGEN_LAYOUT, 3, c.ch, c.ch_mult, c.num_res_blocks, lowest,
-                               c.z_channels, c.dropout)
-        self.decoder = Decoder(LLAMAGEN_LAYOUT, c.z_channels, c.ch, c.ch_mult,
-                               c.num_res_blocks + 1, lowest, 3, c.dropout)
+        self.encoder = build_encoder(c.ch, c.ch_mult, c.num_res_blocks, lowest, c.z_channels,
+                                     double_z=False, dropout=c.dropout)
+        self.decoder = build_decoder(c.z_channels, c.ch, c.ch_mult, c.num_res_blocks, lowest,
+                                     dropout=c.dropout)
         self.quantize = VectorQuantizer(c)
         self.quant_conv = nn.Conv2d(c.z_channels, c.codebook_embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(c.codebook_embed_dim, c.z_channels, 1)
@@ -159,15 +163,15 @@ class VQTokenizer(Tokenizer):
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """Ids ``[B, h, w]`` -> pixels ``[B, 3, h*ds, w*ds]`` (about [-1, 1]; not clamped)."""
         codes = self.quantize.codebook()[self.check_ids(ids)]  # [B, h, w, D]
-        return self.decode_codes(codes.permute(0, 3, 1, 2))
+        return self.decode_codes(rearrange(codes, "b h w d -> b d h w"))
 
     def _reconstruct(self, images: torch.Tensor):
         """Straight-through reconstruction and the quantiser's intermediate values."""
         z = self._latents(images)
-        b, d, h, w = z.shape
+        b, _, h, w = z.shape
         z_flat, codes, ids, affinity = self.quantize(z)
         quantized = z_flat + (codes - z_flat).detach()  # straight-through, [N, D]
-        recon = self.decode_codes(quantized.view(b, h, w, d).permute(0, 3, 1, 2))
+        recon = self.decode_codes(rearrange(quantized, "(b h w) d -> b d h w", b=b, h=h, w=w))
         return recon, z_flat, codes, ids, affinity
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -204,8 +208,9 @@ class VQTokenizer(Tokenizer):
 
 
 def convert_llamagen_vq(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Official ``vq_ds*_c2i.pt["model"]`` -> vargen: the key trees are identical."""
-    return dict(state_dict)
+    """Official ``vq_ds*_c2i.pt["model"]`` -> vargen: LlamaGen's conv stack renamed to diffusers'
+    blocks; the codebook and its usage buffer keep their names (the lookup normalises)."""
+    return official_to_diffusers(state_dict, LLAMAGEN_LAYOUT)
 
 
 _LLAMAGEN_SOURCE = "https://github.com/FoundationVision/LlamaGen"
