@@ -29,6 +29,7 @@ SHIPPED_SHA256 = {
     "xar-mnist": "42e003e57b9853b74949abb4e1c74ad7273c0c1d21ad716c7a25840e6a180451",
     "nar-mnist": "0a3c1ce1b3b52a648b0fb89ecf1d4eb591d20ac2f409364793f0677f40e21b92",
     "llamagen-mnist": "d1254f6542f7b84d01a303d1e0504c47764cc6ffeaa090f4d6dc92be44fccb35",
+    "cont-ar-mnist": "3b2dbd7363d791fc700e9d572a06e7b4ff195620302a6d42fd2767b547a672f1",
 }
 
 
