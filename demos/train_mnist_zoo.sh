@@ -26,6 +26,18 @@ config["scale_factor"] = round(1 / std, 3)
 json.dump(config, open("weights/kl-mnist/config.json", "w"), indent=2, sort_keys=True)
 print("kl-mnist scale_factor", config["scale_factor"])
 PY
+# MingTok (needs the shipped digit-classifier as its frozen feature target). Latent normalisation
+# constants from the train split afterwards, as the release's mean / scaling_factor.
+vargen train --model mingtok-mnist --data mnist --steps 1200 --batch-size 32 --lr 1e-3 --ema-decay 0.998 \
+    --warmup-steps 100 --ckpt-every 100 --out runs/mingtok-mnist
+python - <<'PY'
+from vargen.tokenizers import MingTok
+from vargen.data import MNISTDigits
+tok = MingTok.from_pretrained("runs/mingtok-mnist/final").eval()
+print("mingtok-mnist latent mean, scale", tok.fit_latent_normalization(MNISTDigits("train").images, decimals=5))
+tok.save_pretrained("weights/mingtok-mnist")
+PY
+cp runs/mingtok-mnist/final/README.md weights/mingtok-mnist/README.md
 
 common="--data mnist --steps 2000 --batch-size 64 --lr 5e-4 --ema-decay 0.999 --warmup-steps 100 \
     --schedule cosine --min-lr 5e-5 --ckpt-every 250 --log-every 50"

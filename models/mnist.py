@@ -29,6 +29,7 @@ SHIPPED_SHA256 = {
     "xar-mnist": "42e003e57b9853b74949abb4e1c74ad7273c0c1d21ad716c7a25840e6a180451",
     "nar-mnist": "0a3c1ce1b3b52a648b0fb89ecf1d4eb591d20ac2f409364793f0677f40e21b92",
     "llamagen-mnist": "d1254f6542f7b84d01a303d1e0504c47764cc6ffeaa090f4d6dc92be44fccb35",
+    "mingtok-mnist": "48e8703ec120295555136f805da9dbd86c842812a0ed3e44be87ed6534e6ac33",
     "cont-ar-mnist": "3b2dbd7363d791fc700e9d572a06e7b4ff195620302a6d42fd2767b547a672f1",
 }
 
@@ -59,7 +60,8 @@ register_model("xar-mnist", XAR, weights=_shipped("xar-mnist"), config=XARConfig
 register_model("mingtok-mnist", MingTok, weights=_shipped("mingtok-mnist"), config=MingTokConfig(
     image_size=32, patch_size=4, encoder_dim=128, encoder_depth=3, latent_dim=4, semantic_dim=128,
     semantic_depth=3, pixel_dim=64, pixel_depth=4, pixel_patch_size=2, head_dim=32,
-    latent_mean=0.0, latent_scale=1.0, mask_ratio=0.5, mask_prob=0.5,
+    latent_mean=-0.22852, latent_scale=0.6057,  # mean / std of the train-split latents
+    mask_ratio=0.5, mask_prob=0.5,
     semantic_target="digit-classifier", semantic_target_dim=128))
 # Continuous-token AR (Ming-UniVision-style): 64 raster steps over 8x8x4 latents, a 3-block SwiGLU
 # flow head; sized for a ~35-minute single-core training run. On kl-mnist latents through a Linear,

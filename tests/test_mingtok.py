@@ -128,6 +128,8 @@ def test_bad_inputs_are_clear_errors(tiny):
         tiny.decode(torch.zeros(1, 16, 4))  # a sequence has no grid to decode to
     with pytest.raises(TypeError, match="float"):
         tiny.decode(torch.zeros(1, 4, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"latents \[B, n, 4\]"):
+        tiny.semantic_decoder(torch.zeros(1, 3, 8))
     with pytest.raises(ValueError, match="no semantic_target"):
         tiny.target_features(torch.zeros(1, 3, 32, 32), (8, 8))
     with pytest.raises(ValueError, match="features must be"):

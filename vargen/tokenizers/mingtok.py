@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import Mlp, PatchEmbed, SwiGLUPacked
 
-from vargen.nn import Attention, KVCache
+from vargen.nn import Attention
 from vargen.registry import Weights, register_model
 from vargen.tokenizers.base import Tokenizer
 
@@ -168,6 +168,8 @@ class SemanticDecoder(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         # latents: [B, n, latent_dim], normalised as MingTok.encode returns them
+        if latents.dim() != 3 or latents.shape[-1] != self.latent_dim:
+            raise ValueError(f"semantic decoder takes latents [B, n, {self.latent_dim}], got {tuple(latents.shape)}")
         return self.forward_raw(latents * self.latent_scale + self.latent_mean)
 
     def forward_raw(self, z: torch.Tensor) -> torch.Tensor:
@@ -183,9 +185,7 @@ class SemanticDecoder(nn.Module):
         """Start incremental decoding of up to ``max_len`` tokens per sequence."""
         weight = self.in_proj.weight
         for block in self.blocks:
-            a = block.attn
-            a.cache = KVCache(batch_size, a.n_head, max_len, a.head_dim, device or weight.device,
-                              dtype or weight.dtype)
+            block.attn.setup_cache(batch_size, max_len, device or weight.device, dtype or weight.dtype)
 
     def clear_cache(self) -> None:
         for block in self.blocks:
@@ -388,13 +388,16 @@ class MingTok(Tokenizer):
         return rearrange(F.adaptive_avg_pool2d(fmap, grid), "b d h w -> b (h w) d")
 
     @torch.no_grad()
-    def fit_latent_normalization(self, images: torch.Tensor, batch_size: int = 250) -> Tuple[float, float]:
+    def fit_latent_normalization(self, images: torch.Tensor, batch_size: int = 250,
+                                 decimals: Optional[int] = None) -> Tuple[float, float]:
         """Set ``latent_mean`` / ``latent_scale`` to the mean and std of the raw patch latents of
-        ``images`` (as the released constants normalise MingTok-Vision's); reconstructions do not
-        change, since decoding undoes the normalisation."""
+        ``images`` (as the released constants normalise MingTok-Vision's), rounded to ``decimals``
+        if given; reconstructions do not change, since decoding undoes the normalisation."""
         z = torch.cat([self.low_level_encoder(self.check_images(x))[:, :-1]
                        for x in images.split(batch_size)]).double()
         mean, scale = z.mean().item(), z.std().item()
+        if decimals is not None:
+            mean, scale = round(mean, decimals), round(scale, decimals)
         self.config = dataclasses.replace(self.config, latent_mean=mean, latent_scale=scale)
         self.semantic_decoder.latent_mean, self.semantic_decoder.latent_scale = mean, scale
         return mean, scale
