@@ -28,6 +28,8 @@ VARIANTS = [  # (pipeline, sampler override or None for the pipeline's default)
     ("llamagen-mnist", "gsd"),
     ("nar-mnist", None),
     ("xar-mnist", None),
+    ("cont-ar-mnist", None),
+    ("cont-ar-mingtok-mnist", None),
 ]
 
 

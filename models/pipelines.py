@@ -32,3 +32,8 @@ register_pipeline("nar-mnist", tokenizer="vq-mnist", generator="nar-mnist",
 # xAR-B's evaluation settings: 40 SDE steps per cell, cfg 2.7 ramped linearly over the cells.
 register_pipeline("xar-mnist", tokenizer="kl-mnist", generator="xar-mnist",
                   sampler="flow", cfg_scale=2.7, cfg_schedule="linear", num_steps=40)
+# Continuous-token AR (Ming-UniVision-style): Ming's 16 Euler steps per token, CFG on the head.
+register_pipeline("cont-ar-mnist", tokenizer="kl-mnist", generator="cont-ar-mnist",
+                  sampler="token-flow", cfg_scale=3.0, num_steps=16)
+register_pipeline("cont-ar-mingtok-mnist", tokenizer="mingtok-mnist", generator="cont-ar-mingtok-mnist",
+                  sampler="token-flow", cfg_scale=3.0, num_steps=16)

@@ -1,9 +1,9 @@
 """Continuous-token AR (Ming-UniVision-style) and its per-token flow sampler, on tiny configs."""
-import math
+import functools
 
-import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vargen
 from vargen.data import MNISTDigits
@@ -198,20 +198,30 @@ def test_training_loss_is_the_velocity_regression():
 
 
 # ----------------------------------------------------------------------------- fit and regenerate
-def digit_latents(tokenizer, n: int = 4):
-    """Latent grids of the first ``n`` digit classes, standardised to unit variance (MingTok
-    through its own latent normalisation, KL by its scale factor)."""
+@functools.lru_cache(maxsize=1)
+def digits():
     data = MNISTDigits("train")
-    picks = [int((data.labels == c).nonzero()[0]) for c in range(n)]
-    images = data.images[picks]
+    return data.images, data.labels.long()
+
+
+def digit_latents(tokenizer, n: int = 4, grid: int = 4):
+    """``grid x grid`` latent grids of ``n`` digits of different classes (images resized to fit
+    the tokenizer's downsampling), standardised to unit variance (MingTok through its own
+    latent normalisation)."""
+    images, labels = digits()
+    size = grid * 32 // tokenizer.token_grid(32)[0]
+    picks = [int((labels == c).nonzero()[0]) for c in range(n)]
+    images = F.interpolate(torch.cat([images[:64], images[picks]]), size=size, mode="area")
+    picks = list(range(64, 64 + n))
     with torch.no_grad():
         if hasattr(tokenizer, "fit_latent_normalization"):
-            tokenizer.fit_latent_normalization(data.images[:64])
-            latents = tokenizer.encode(images)
+            tokenizer.fit_latent_normalization(images[:64])
+            latents = tokenizer.encode(images[picks])
         else:
-            latents = tokenizer.encode(images)
+            latents = tokenizer.encode(images[picks])
             latents = latents / latents.std()
-    return latents, data.labels[picks].long()
+    assert latents.shape[-2:] == (grid, grid)
+    return latents, torch.arange(n)
 
 
 @pytest.mark.parametrize("generator,tokenizer", [("cont-ar-tiny", "mingtok-tiny"),
