@@ -40,6 +40,7 @@ from timm.layers import SwiGLU
 from vargen.nn import Attention, LabelEmbedder, RMSNorm, rope_2d
 from .base import Generator
 from vargen.registry import Weights, register_model
+from vargen.training.recipes import XAR as XAR_RECIPE
 
 from .entities import EntityPartition, entity_causal_mask, make_partition
 
@@ -324,9 +325,9 @@ PRESETS = {
                "eval_num_steps": 50, "eval_cfg_scale": 2.2, "eval_cfg_schedule": "linear"}),
 }
 for _name, (_config, _file, _metrics) in PRESETS.items():
-    register_model(_name, XAR, _config, converter=convert_xar_checkpoint,
+    register_model(_name, XAR, _config, converter=convert_xar_checkpoint, recipe=XAR_RECIPE,
                    weights=Weights(hub_repo=_HUB, filename=_file, source=_SRC, metrics=_metrics))
 register_model("xar-tiny", XAR, XARConfig(
     dim=64, encoder_depth=1, decoder_depth=1, n_head=4, latent_channels=4, grid_size=4,
     num_classes=10, entity_size=2, attn_dropout_p=0.0, proj_dropout_p=0.0),
-    converter=convert_xar_checkpoint)
+    converter=convert_xar_checkpoint, recipe=XAR_RECIPE)

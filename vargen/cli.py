@@ -87,8 +87,10 @@ def _add_sample(sub):
 
 
 def _load_plugin_commands() -> None:
+    from vargen.training.cli import add_parser as add_train
+    COMMANDS.setdefault("train", add_train)
     # Modules that add subcommands register them on import.
-    for module in ("vargen.eval.cli", "vargen.train"):
+    for module in ("vargen.eval.cli",):
         try:
             __import__(module)
         except ModuleNotFoundError as e:

@@ -112,6 +112,17 @@ def read_config(cls: type, path: Union[str, Path], **overrides: Any) -> Any:
     return config_from_dict(cls.config_class, values, where=str(path))
 
 
+def saved_class_name(folder: Union[str, Path]) -> Optional[str]:
+    """The ``_class_name`` a ``save_pretrained`` folder's config.json records (None if absent)."""
+    config = Path(folder) / CONFIG_NAME
+    if not config.exists():
+        return None
+    try:
+        return json.loads(config.read_text()).get("_class_name")
+    except (OSError, json.JSONDecodeError) as e:
+        raise WeightsError(f"cannot read config {config}: {e}") from e
+
+
 def resolve_file(source: str, filename: str, **hub_kwargs: Any) -> str:
     """A local path for ``filename`` in a local folder or a Hub repo (cache and offline aware)."""
     if os.path.isdir(source):

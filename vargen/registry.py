@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch.nn as nn
 
+from vargen.training.recipes import DEFAULT as DEFAULT_RECIPE, Recipe
+
 StateDict = Dict[str, Any]
 
 
@@ -54,18 +56,32 @@ class ModelEntry:
     config: Any
     weights: Optional[Weights] = None
     converter: Optional[Callable[[StateDict], StateDict]] = None
+    recipe: Optional[Recipe] = None  # optimiser defaults for ``vargen train``
+
+    def __post_init__(self):
+        if self.recipe is None:  # the family's default, else vargen's
+            object.__setattr__(self, "recipe", getattr(self.model_cls, "default_recipe", DEFAULT_RECIPE))
 
     @property
     def kind(self) -> str:
         return getattr(self.model_cls, "kind", "generator")
+
+    @property
+    def trains_on(self) -> str:
+        """The data ``vargen train`` feeds the model: ``"images"`` or ``"tokens"``."""
+        return getattr(self.model_cls, "trains_on", "images")
 
 
 _REGISTRY: Dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, model_cls: type, config: Any, weights: Optional[Weights] = None,
-                   converter: Optional[Callable[[StateDict], StateDict]] = None) -> ModelEntry:
-    """Register ``name``; ``converter`` maps an official checkpoint's keys to vargen's."""
+                   converter: Optional[Callable[[StateDict], StateDict]] = None,
+                   recipe: Optional[Recipe] = None) -> ModelEntry:
+    """Register ``name``; ``converter`` maps an official checkpoint's keys to vargen's;
+    ``recipe`` (a :class:`vargen.training.recipes.Recipe`) fills the optimiser options a
+    ``vargen train`` run leaves unset (default: the class's ``default_recipe``, else
+    ``recipes.DEFAULT``)."""
     if name != name.lower() or " " in name or "_" in name:
         raise ValueError(f"model names are lowercase and dashed, got {name!r}")
     if name in _REGISTRY:
@@ -74,7 +90,7 @@ def register_model(name: str, model_cls: type, config: Any, weights: Optional[We
         raise TypeError(f"config of {name!r} must be a dataclass instance, got {type(config)}")
     if weights is not None and converter is not None and weights.converter is None:
         weights = dataclasses.replace(weights, converter=converter)
-    entry = ModelEntry(name, model_cls, config, weights, converter)
+    entry = ModelEntry(name, model_cls, config, weights, converter, recipe)
     _REGISTRY[name] = entry
     return entry
 
@@ -102,6 +118,16 @@ def get_entry(name: str) -> ModelEntry:
         raise KeyError(f"unknown model {name!r}.{hint} See vargen.list_models() for all "
                        f"{len(_REGISTRY)} names.")
     return _REGISTRY[name]
+
+
+def model_class_named(class_name: Optional[str], kind: Optional[str] = None, where: str = "") -> type:
+    """The registered class called ``class_name`` (a saved folder's ``_class_name``)."""
+    classes = {get_entry(n).model_cls.__name__: get_entry(n).model_cls for n in list_models(kind=kind)}
+    if class_name not in classes:
+        what = f"a registered {kind}" if kind else "a registered model"
+        raise ValueError(f"{where or 'the folder'} does not hold {what} (config.json class "
+                         f"{class_name!r}; known: {sorted(classes)})")
+    return classes[class_name]
 
 
 def model_config(name: str, **overrides: Any) -> Any:
