@@ -298,7 +298,7 @@ def test_digit_classifier_api():
         clf.accuracy(images, [0, 1])
 
 
-@pytest.mark.skipif(vargen.get_entry("digit-classifier").weights is None, reason="not shipped yet")
+@pytest.mark.skipif(not vargen.get_entry("digit-classifier").pretrained, reason="not shipped yet")
 def test_shipped_digit_classifier_is_accurate():
     from vargen.data import MNISTDigits
     clf = vargen.create_model("digit-classifier", pretrained=True)

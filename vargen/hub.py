@@ -224,17 +224,19 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
 
 def load_from(model_cls: type, config: Any, source: Union[str, Path],
               converter: Optional[Callable[[StateDict], StateDict]] = None,
-              strict_config: bool = True, sha256: Optional[str] = None) -> nn.Module:
+              strict_config: bool = True, sha256: Optional[str] = None,
+              prefer_ema: bool = False) -> nn.Module:
     """Build ``model_cls(config)`` and fill it from a folder, repo id, or weights file.
 
-    Official pickles are unwrapped with the EMA first when ``model_cls.official_checkpoint_ema``
-    is true (the families whose official evaluation runs the EMA weights)."""
+    Official pickles go through ``converter`` and are unwrapped with the EMA first when
+    ``prefer_ema`` (both from the entry's ``Weights``: the families whose official evaluation
+    runs the EMA weights)."""
     source = str(source)
     if source.endswith(OFFICIAL_SUFFIXES + (".safetensors",)) and not os.path.isdir(source):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"checkpoint {source} does not exist")
         verify_sha256(source, sha256)
-        state = load_official_checkpoint(source, getattr(model_cls, "official_checkpoint_ema", False))
+        state = load_official_checkpoint(source, prefer_ema)
         if converter is not None and not source.endswith(".safetensors"):
             state = converter(state)
         model = model_cls(config)
@@ -260,7 +262,7 @@ def load_registered(entry: Any, config: Any) -> nn.Module:
         return model
     path = resolve_file(weights.hub_repo, weights.filename)
     return load_from(entry.model_cls, config, path, converter=weights.converter,
-                     sha256=weights.sha256)
+                     sha256=weights.sha256, prefer_ema=weights.prefer_ema)
 
 
 def atomic_write(path: Path, write: Callable[[str], Any]) -> None:

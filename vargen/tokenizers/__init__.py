@@ -1,7 +1,11 @@
-"""Tokenizers: discrete VQ and continuous KL. Importing this package registers them."""
-from .base import Tokenizer
-from .kl import KLConfig, KLTokenizer, convert_mar_kl16
-from .vq import VQConfig, VQTokenizer, convert_llamagen_vq
+"""Tokenizers: discrete VQ and continuous KL. A family registers its models when its module is
+imported (on first use, through the registry or an attribute of this package)."""
+from vargen.lazy import lazy_exports
 
-__all__ = ["Tokenizer", "VQConfig", "VQTokenizer", "convert_llamagen_vq", "KLConfig",
-           "KLTokenizer", "convert_mar_kl16"]
+_EXPORTS = {
+    ".base": ("Tokenizer",),
+    ".kl": ("KLConfig", "KLTokenizer", "convert_mar_kl16"),
+    ".vq": ("VQConfig", "VQTokenizer", "convert_llamagen_vq"),
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]

@@ -20,22 +20,15 @@ define ``heldout_metrics(data) -> dict``; its result goes into the exported mode
 
 Attributes are imported on first use, so ``import vargen.training.recipes`` needs no torch.
 """
-from __future__ import annotations
-
-import importlib
+from vargen.lazy import lazy_exports
 
 _EXPORTS = {
-    "TrainConfig": "config", "RESUME_KEYS": "config", "command_line": "config",
-    "Recipe": "recipes",
-    "GlobalBatchSampler": "data", "load_data": "data", "load_tokenizer": "data",
-    "CHECKPOINT_NAME": "checkpoint", "LOG_NAME": "checkpoint",
-    "train": "loop", "lr_at": "loop", "update_ema": "loop",
-    "model_card": "card",
+    ".config": ("TrainConfig", "RESUME_KEYS", "command_line"),
+    ".recipes": ("Recipe",),
+    ".data": ("GlobalBatchSampler", "load_data", "load_tokenizer"),
+    ".checkpoint": ("CHECKPOINT_NAME", "LOG_NAME"),
+    ".loop": ("train", "lr_at", "update_ema"),
+    ".card": ("model_card",),
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]

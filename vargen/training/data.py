@@ -65,7 +65,7 @@ def load_tokenizer(spec: str, device: torch.device) -> nn.Module:
         entry = get_entry(spec)
         if entry.kind != "tokenizer":
             raise ValueError(f"--tokenizer {spec!r} is a {entry.kind}, not a tokenizer")
-        if entry.weights is None:
+        if not entry.pretrained:
             raise ValueError(f"tokenizer {spec!r} has no registered weights: train it first "
                              f"(vargen train --model {spec} ...) and pass its OUT/final folder")
         model = create_model(spec, pretrained=True)
