@@ -1,16 +1,14 @@
-"""Generators. Importing this package registers every model family."""
-from . import llamagen  # noqa: F401
-from .llamagen import LlamaGen, LlamaGenConfig
-from . import xar  # noqa: F401
-from .xar import XAR, XARConfig
-from . import nar  # noqa: F401
-from .nar import NAR, NARConfig
-from . import nar_video  # noqa: F401
-from .nar_video import NARVideo, NARVideoConfig
-from . import cont_ar  # noqa: F401
-from .cont_ar import ContAR, ContARConfig
-from . import mnist  # noqa: F401  (shipped MNIST models; after the families)
-from . import pipelines  # noqa: F401
+"""Generators. Each family registers its models when its module is imported; the registry
+imports it on first use (``vargen.zoo`` says which module registers which name), and so does
+reading an attribute here (``from vargen.models import NAR``)."""
+from vargen.lazy import lazy_exports
 
-__all__ = ["LlamaGen", "LlamaGenConfig", "XAR", "XARConfig", "NAR", "NARConfig", "NARVideo", "NARVideoConfig",
-           "ContAR", "ContARConfig"]
+_EXPORTS = {
+    ".llamagen": ("LlamaGen", "LlamaGenConfig"),
+    ".xar": ("XAR", "XARConfig"),
+    ".nar": ("NAR", "NARConfig"),
+    ".nar_video": ("NARVideo", "NARVideoConfig"),
+    ".cont_ar": ("ContAR", "ContARConfig"),
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]

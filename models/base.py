@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -18,6 +18,7 @@ class Generator(VargenModule):
     """
 
     kind = "generator"
+    trains_on = "tokens"  # vargen train feeds token grids (ids or latents) of a tokenizer
     default_sampler: str = "raster"
     samplers: tuple = ("raster",)  # the vargen.samplers names that can drive this model
     is_discrete: bool = True
@@ -35,6 +36,10 @@ class Generator(VargenModule):
         if not self.is_discrete:
             raise TypeError(f"{type(self).__name__} generates continuous tokens; it has no vocab_size")
         return self.config.vocab_size
+
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """The training contract: ``(loss, logs)`` on tokens ``inputs`` of classes ``labels``."""
+        return self.loss(inputs, labels), {}
 
     def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Flatten ``[B, *token_shape]`` or ``[B, N]`` ids to ``[B, N]`` after checking them."""

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .base import Generator
 from vargen.registry import Weights, register_model
+from vargen.training.recipes import LLAMAGEN
 from vargen.nn import LabelEmbedder, RMSNorm, rope_2d, swiglu_hidden_dim
 from vargen.nn.transformer import TransformerBlock
 
@@ -185,9 +186,10 @@ PRESETS = {
                     "c2i_3B_384.pt", 2.18),                                                     # 3.1B
 }
 for _name, (_config, _file, _fid) in PRESETS.items():
-    register_model(_name, LlamaGen, _config, converter=convert_llamagen_checkpoint,
+    register_model(_name, LlamaGen, _config, converter=convert_llamagen_checkpoint, recipe=LLAMAGEN,
                    weights=Weights(hub_repo=_HUB, filename=_file, source=_SRC,
                                    metrics={"imagenet256_fid": _fid}))
 register_model("llamagen-tiny", LlamaGen, LlamaGenConfig(
     dim=64, n_layer=2, n_head=4, multiple_of=32, vocab_size=64, num_classes=10, grid_size=4,
-    token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0), converter=convert_llamagen_checkpoint)
+    token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0), converter=convert_llamagen_checkpoint,
+    recipe=LLAMAGEN)

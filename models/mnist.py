@@ -10,6 +10,7 @@ tokenizer. Sizes are chosen so all of ``weights/`` stays well under 40 MB.
 from __future__ import annotations
 
 from vargen.registry import Weights, register_model
+from vargen.training import recipes
 from vargen.tokenizers import (KLConfig, KLTokenizer, MingTok, MingTokConfig, VideoVQConfig,
                                VideoVQTokenizer, VQConfig, VQTokenizer)
 
@@ -37,10 +38,9 @@ SHIPPED_SHA256 = {
 }
 
 
-def _shipped(name: str):
-    if name not in SHIPPED_SHA256:
-        return None
-    return Weights(local=name, sha256=SHIPPED_SHA256[name], source="weights/" + name + "/README.md")
+def _shipped(name: str, **checkpoint_format):
+    return Weights(local=name, sha256=SHIPPED_SHA256[name], source="weights/" + name + "/README.md",
+                   **checkpoint_format)
 
 
 register_model("vq-mnist", VQTokenizer, weights=_shipped("vq-mnist"), config=VQConfig(
@@ -49,14 +49,16 @@ register_model("vq-mnist", VQTokenizer, weights=_shipped("vq-mnist"), config=VQC
 register_model("kl-mnist", KLTokenizer, weights=_shipped("kl-mnist"), config=KLConfig(
     embed_dim=4, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, encoder_attn_levels=(2,),
     scale_factor=0.394))  # 1 / std of the train-split latents (MAR: "normalize the std to 1")
-register_model("llamagen-mnist", LlamaGen, weights=_shipped("llamagen-mnist"), config=LlamaGenConfig(**_TRUNK))
-register_model("nar-mnist", NAR, weights=_shipped("nar-mnist"), config=NARConfig(**_TRUNK))
+register_model("llamagen-mnist", LlamaGen, weights=_shipped("llamagen-mnist"), config=LlamaGenConfig(**_TRUNK),
+               recipe=recipes.LLAMAGEN)
+register_model("nar-mnist", NAR, weights=_shipped("nar-mnist"), config=NARConfig(**_TRUNK), recipe=recipes.NAR)
 # No dropout (the official 0.1 is for ImageNet-scale training): with it this small model reached
 # 77% class accuracy after 2000 steps, without it 97% after 1000 steps, and each step is 1.6x
 # cheaper on a CPU (dropout takes SDPA off its fused path).
-register_model("xar-mnist", XAR, weights=_shipped("xar-mnist"), config=XARConfig(
+register_model("xar-mnist", XAR, weights=_shipped("xar-mnist", prefer_ema=True), config=XARConfig(
     dim=128, encoder_depth=3, decoder_depth=3, n_head=4, latent_channels=4, grid_size=GRID,
-    num_classes=10, entity_kind="cell", entity_size=4, attn_dropout_p=0.0, proj_dropout_p=0.0))
+    num_classes=10, entity_kind="cell", entity_size=4, attn_dropout_p=0.0, proj_dropout_p=0.0),
+    recipe=recipes.XAR)
 # MingTok's three stages at MNIST size: patch 4 -> 8x8 latents of 4 channels (as kl-mnist), a
 # 16x16 pixel-decoder grid (patch 2, so sem_to_pix's depth-to-space is 2x2 as released). Training
 # adds masked modeling and per-token supervision by the frozen digit-classifier (MingTok.training_loss).

@@ -29,6 +29,7 @@ from timm.layers import DropPath
 from vargen.hub import WeightsError
 from vargen.nn import RMSNorm, swiglu_hidden_dim
 from vargen.registry import Weights, register_model
+from vargen.training.recipes import NAR as NAR_RECIPE
 
 from .llamagen import LlamaGen, LlamaGenConfig
 
@@ -288,7 +289,9 @@ PRESETS = {
     "nar-xxl": (NARConfig(n_layer=48, n_head=24, dim=1536), None),                        # 1.46B
 }
 for _name, (_config, _weights) in PRESETS.items():
-    register_model(_name, NAR, _config, weights=_weights, converter=convert_nar_checkpoint)
+    register_model(_name, NAR, _config, weights=_weights, converter=convert_nar_checkpoint,
+                   recipe=NAR_RECIPE)
 register_model("nar-tiny", NAR, NARConfig(
     dim=64, n_layer=2, n_head=4, multiple_of=32, vocab_size=64, num_classes=10, grid_size=4,
-    token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0), converter=convert_nar_checkpoint)
+    token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0), converter=convert_nar_checkpoint,
+    recipe=NAR_RECIPE)

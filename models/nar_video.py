@@ -25,6 +25,7 @@ from vargen.nn import LabelEmbedder, RMSNorm, swiglu_hidden_dim
 from vargen.nn.transformer import TransformerBlock
 from .base import Generator
 from vargen.registry import register_model
+from vargen.training.recipes import LARP_AR
 
 from .nar import NeighborHeads, Offsets
 
@@ -122,8 +123,8 @@ class NARVideo(NeighborHeads, Generator):
 
 
 # No released NAR video weights were found in any index; the presets carry architecture only.
-register_model("nar-video-l", NARVideo, NARVideoConfig(n_layer=24, n_head=16, dim=1024))   # llama-abs-L
-register_model("nar-video-lp", NARVideo, NARVideoConfig(n_layer=30, n_head=20, dim=1280))  # llama-abs-LP
+register_model("nar-video-l", NARVideo, NARVideoConfig(n_layer=24, n_head=16, dim=1024), recipe=LARP_AR)   # llama-abs-L
+register_model("nar-video-lp", NARVideo, NARVideoConfig(n_layer=30, n_head=20, dim=1280), recipe=LARP_AR)  # llama-abs-LP
 register_model("nar-video-tiny", NARVideo, NARVideoConfig(
     dim=64, n_layer=2, n_head=4, multiple_of=32, vocab_size=64, num_classes=10, latent_shape=(2, 3, 4),
-    token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0))
+    token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0), recipe=LARP_AR)

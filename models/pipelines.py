@@ -5,7 +5,7 @@ README: cfg 2.0 for B/L, 1.75 XL/XXL, 1.65 3B; NAR: cfg 2.0; xAR: 40 SDE steps, 
 ``mar-kl16`` has no Hub weights (MAR ships ``kl16.ckpt`` on Dropbox), so ``xar-*`` pipelines need
 ``load_pipeline("xar-b", tokenizer_weights="kl16.ckpt")``.
 """
-from vargen.pipeline import register_pipeline
+from vargen.registry import register_pipeline
 
 for _size, _cfg in (("b", 2.0), ("l", 2.0), ("xl", 1.75), ("xxl", 1.75), ("3b", 1.65)):
     _vq = "llamagen-vq16"

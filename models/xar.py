@@ -40,6 +40,7 @@ from timm.layers import SwiGLU
 from vargen.nn import Attention, LabelEmbedder, RMSNorm, rope_2d
 from .base import Generator
 from vargen.registry import Weights, register_model
+from vargen.training.recipes import XAR as XAR_RECIPE
 
 from .entities import EntityPartition, entity_causal_mask, make_partition
 
@@ -110,7 +111,6 @@ class XAR(Generator):
     default_sampler = "flow"
     samplers = ("flow",)
     is_discrete = False
-    official_checkpoint_ema = True  # MAR's training checkpoints: evaluate "model_ema", not "model"
 
     def __init__(self, config: XARConfig):
         super().__init__(config)
@@ -308,6 +308,9 @@ def convert_xar_checkpoint(state: dict) -> dict:
     return out
 
 
+# How official xAR checkpoints load: MAR's training checkpoints hold "model" and "model_ema",
+# and the official evaluation runs the EMA.
+CHECKPOINT_FORMAT = dict(converter=convert_xar_checkpoint, prefer_ema=True)
 _HUB = "OliverRen/xAR"
 _SRC = "https://github.com/OliverRensu/xAR (README; HF OliverRen/xAR)"
 PRESETS = {
@@ -324,9 +327,9 @@ PRESETS = {
                "eval_num_steps": 50, "eval_cfg_scale": 2.2, "eval_cfg_schedule": "linear"}),
 }
 for _name, (_config, _file, _metrics) in PRESETS.items():
-    register_model(_name, XAR, _config, converter=convert_xar_checkpoint,
-                   weights=Weights(hub_repo=_HUB, filename=_file, source=_SRC, metrics=_metrics))
+    register_model(_name, XAR, _config, recipe=XAR_RECIPE, weights=Weights(
+        hub_repo=_HUB, filename=_file, source=_SRC, metrics=_metrics, **CHECKPOINT_FORMAT))
 register_model("xar-tiny", XAR, XARConfig(
     dim=64, encoder_depth=1, decoder_depth=1, n_head=4, latent_channels=4, grid_size=4,
     num_classes=10, entity_size=2, attn_dropout_p=0.0, proj_dropout_p=0.0),
-    converter=convert_xar_checkpoint)
+    weights=Weights(**CHECKPOINT_FORMAT), recipe=XAR_RECIPE)

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 import vargen
 from vargen.cli import main as cli_main
 from vargen.data import cache
-from vargen.train import CHECKPOINT_NAME, GlobalBatchSampler, TrainConfig, lr_at, train
+from vargen.training import CHECKPOINT_NAME, GlobalBatchSampler, TrainConfig, lr_at, train
+from vargen.training import recipes
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -99,13 +100,30 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(9, cfg) == pytest.approx(0.5) and lr_at(14, cfg) == pytest.approx(0.0)
 
 
+def resolved(name: str, **kw) -> TrainConfig:
+    return TrainConfig(model=name, out="", **kw).resolved(vargen.get_entry(name).recipe)
+
+
 def test_family_recipes_fill_unset_options():
-    llamagen = TrainConfig(model="llamagen-b", out="").resolved("generator")
+    llamagen = resolved("llamagen-b")
     assert (llamagen.lr, llamagen.weight_decay, llamagen.betas, llamagen.grad_clip) == \
         (1e-4, 0.05, (0.9, 0.95), 1.0)
-    xar = TrainConfig(model="xar-b", out="", batch_size=2048).resolved("generator")
+    xar = resolved("xar-b", batch_size=2048)
     assert (xar.lr, xar.weight_decay, xar.betas) == (pytest.approx(4e-4), 0.02, (0.9, 0.96))
-    assert TrainConfig(model="llamagen-b", out="", lr=3e-3).resolved("generator").lr == 3e-3
+    assert resolved("llamagen-b", lr=3e-3).lr == 3e-3
+
+
+def test_recipes_belong_to_entries_not_name_patterns():
+    # nar-video-* is not caught by a "nar*" pattern: it trains with LARP_AR's own recipe.
+    assert {vargen.get_entry(n).recipe for n in vargen.list_models("nar-video-*")} == {recipes.LARP_AR}
+    assert {vargen.get_entry(n).recipe for n in vargen.list_models("nar-*")
+            if not n.startswith("nar-video")} == {recipes.NAR}
+    video = resolved("nar-video-l", steps=100)
+    assert (video.lr, video.schedule, video.min_lr, video.grad_clip, video.ema_decay) == \
+        (6e-4, "cosine", pytest.approx(6e-6), 0.0, 0.0)
+    assert vargen.get_entry("mar-kl-tiny").recipe == recipes.TOKENIZER  # the family default
+    assert vargen.get_entry("digit-classifier-tiny").recipe == recipes.CLASSIFIER
+    assert resolved("nar-video-l", schedule="constant", min_lr=0.0).schedule == "constant"
 
 
 def test_interrupted_run_resumes_to_identical_weights(tmp_path, tokens, reference):
@@ -138,7 +156,7 @@ def test_run_checkpoint_loads_the_ema_it_exports(reference):
 def test_sigkilled_process_resumes_to_identical_weights(tmp_path, tokens, reference):
     script = textwrap.dedent(f"""
         import os, signal
-        from vargen.train import TrainConfig, train
+        from vargen.training import TrainConfig, train
         def kill(step):
             if step == 10:  # a real SIGKILL, after the step-8 checkpoint
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -186,7 +204,7 @@ def test_classifier_trains_on_an_image_folder_without_a_heldout_split(tmp_path):
 
 
 def test_token_file_is_refused_for_image_models(tmp_path, tokens):
-    with pytest.raises(ValueError, match="a classifier trains on images"):
+    with pytest.raises(ValueError, match="digit-classifier-tiny trains on images"):
         train(tiny(tmp_path, tokens, model="digit-classifier-tiny"))
 
 
@@ -280,7 +298,7 @@ def test_digit_classifier_api():
         clf.accuracy(images, [0, 1])
 
 
-@pytest.mark.skipif(vargen.get_entry("digit-classifier").weights is None, reason="not shipped yet")
+@pytest.mark.skipif(not vargen.get_entry("digit-classifier").pretrained, reason="not shipped yet")
 def test_shipped_digit_classifier_is_accurate():
     from vargen.data import MNISTDigits
     clf = vargen.create_model("digit-classifier", pretrained=True)

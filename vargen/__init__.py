@@ -5,8 +5,10 @@
     >>> pipe = vargen.load_pipeline("nar-mnist")
     >>> images = pipe.generate([0, 1, 2], seed=0)   # [3, 3, 32, 32] in [-1, 1]
 """
+from .lazy import lazy_exports
 from .registry import Weights, create_model, get_entry, list_models, model_config, register_model
-from .seeding import SampleRNG, sample_seed
+
+__getattr__ = lazy_exports(__name__, {".seeding": ("SampleRNG", "sample_seed")})  # torch on use
 
 __version__ = "0.1.0"
 
@@ -20,5 +22,5 @@ def load_pipeline(name: str, **kwargs):
 
 
 def list_pipelines(pattern: str = "*"):
-    from .pipeline import list_pipelines as _list
+    from .registry import list_pipelines as _list
     return _list(pattern)

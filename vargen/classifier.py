@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from vargen.hub import VargenModule
 from vargen.registry import Weights, register_model
+from vargen.training.recipes import CLASSIFIER
 
 
 @dataclass
@@ -38,6 +39,7 @@ class DigitClassifierConfig:
 class DigitClassifier(VargenModule):
     config_class = DigitClassifierConfig
     kind = "classifier"
+    trains_on = "images"
 
     def __init__(self, config: DigitClassifierConfig):
         super().__init__(config)
@@ -92,6 +94,10 @@ class DigitClassifier(VargenModule):
             images = self.augment(images)
         return F.cross_entropy(self(images), labels.long())
 
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """The training contract: ``(loss, logs)`` on images ``inputs`` of classes ``labels``."""
+        return self.loss(inputs, labels), {}
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Predicted class ids ``[B]`` (eval mode, batched)."""
@@ -127,7 +133,7 @@ def train_classifier(out: Union[str, Path], steps: int = 1500, batch_size: int =
                      lr: float = 1e-3, seed: int = 0, **options) -> Dict[str, float]:
     """Train ``digit-classifier`` on MNIST's train split; returns the trainer's result
     (with ``mnist_heldout_accuracy``). ``options`` are further :class:`TrainConfig` fields."""
-    from vargen.train import TrainConfig, train
+    from vargen.training import TrainConfig, train
     return train(TrainConfig(model="digit-classifier", data="mnist", steps=steps,
                              batch_size=batch_size, lr=lr, seed=seed, out=str(out), **options))
 
@@ -135,5 +141,7 @@ def train_classifier(out: Union[str, Path], steps: int = 1500, batch_size: int =
 register_model("digit-classifier", DigitClassifier, DigitClassifierConfig(), weights=Weights(
     local="digit-classifier",
     sha256="1cf760816b342bf741007db04e89d475704859ee057f9d811f38563fb91b43e2",
-    metrics={"mnist_heldout_accuracy": 0.983}, source="trained with vargen train (see its README)"))
-register_model("digit-classifier-tiny", DigitClassifier, DigitClassifierConfig(widths=(8, 8, 8)))
+    metrics={"mnist_heldout_accuracy": 0.983}, source="trained with vargen train (see its README)"),
+    recipe=CLASSIFIER)
+register_model("digit-classifier-tiny", DigitClassifier, DigitClassifierConfig(widths=(8, 8, 8)),
+               recipe=CLASSIFIER)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -23,13 +24,11 @@ def _add_list(sub):
     p.add_argument("pattern", nargs="?", default="*")
 
     def run(args):
-        import vargen
-        from vargen.pipeline import list_pipelines
-        for name in vargen.list_models(args.pattern):
-            entry = vargen.get_entry(name)
-            w = entry.weights
-            where = "" if w is None else f"  weights: {w.location}"
-            print(f"{name:24s} {entry.kind:10s}{where}")
+        from vargen.registry import list_models, list_pipelines, model_summary
+        for name in list_models(args.pattern):  # from the lazy table: no family is imported
+            kind, location = model_summary(name)
+            where = f"  weights: {location}" if location else ""
+            print(f"{name:24s} {kind:10s}{where}")
         for name in list_pipelines(args.pattern):
             print(f"{name:24s} pipeline")
     p.set_defaults(run=run)
@@ -114,14 +113,22 @@ def _add_sample(sub):
     p.set_defaults(run=run)
 
 
+# Subcommands defined elsewhere, imported when the parser is built: "module:function" adding
+# the subcommand's parser, or a module whose @command functions add theirs on import.
+PLUGINS = ("vargen.training.cli:add_parser", "vargen.eval.cli")
+
+
 def _load_plugin_commands() -> None:
-    # Modules that add subcommands register them on import.
-    for module in ("vargen.eval.cli", "vargen.train"):
+    for spec in PLUGINS:
+        module, _, function = spec.partition(":")
         try:
-            __import__(module)
+            loaded = importlib.import_module(module)
         except ModuleNotFoundError as e:
             if e.name != module:
                 raise
+            continue
+        if function:
+            COMMANDS.setdefault(spec, getattr(loaded, function))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -131,10 +138,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     for add in COMMANDS.values():
         add(sub)
     args = parser.parse_args(argv)
-    from vargen.hub import WeightsError
     try:
         args.run(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, WeightsError) as e:
+    except (KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+        from vargen.hub import WeightsError  # here, so that `vargen list` never imports torch
+        if isinstance(e, RuntimeError) and not isinstance(e, WeightsError):
+            raise
         # User errors: one clear line, not a traceback.
         print(f"vargen {args.command}: error: {e}", file=sys.stderr)
         return 2

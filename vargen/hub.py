@@ -112,6 +112,17 @@ def read_config(cls: type, path: Union[str, Path], **overrides: Any) -> Any:
     return config_from_dict(cls.config_class, values, where=str(path))
 
 
+def saved_class_name(folder: Union[str, Path]) -> Optional[str]:
+    """The ``_class_name`` a ``save_pretrained`` folder's config.json records (None if absent)."""
+    config = Path(folder) / CONFIG_NAME
+    if not config.exists():
+        return None
+    try:
+        return json.loads(config.read_text()).get("_class_name")
+    except (OSError, json.JSONDecodeError) as e:
+        raise WeightsError(f"cannot read config {config}: {e}") from e
+
+
 def resolve_file(source: str, filename: str, **hub_kwargs: Any) -> str:
     """A local path for ``filename`` in a local folder or a Hub repo (cache and offline aware)."""
     if os.path.isdir(source):
@@ -213,22 +224,23 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
 
 def load_from(model_cls: type, config: Any, source: Union[str, Path],
               converter: Optional[Callable[[StateDict], StateDict]] = None,
-              strict_config: bool = True, sha256: Optional[str] = None) -> nn.Module:
+              strict_config: bool = True, sha256: Optional[str] = None,
+              prefer_ema: bool = False, official_safetensors: bool = False) -> nn.Module:
     """Build ``model_cls(config)`` and fill it from a folder, repo id, or weights file.
 
-    Official pickles are unwrapped with the EMA first when ``model_cls.official_checkpoint_ema``
-    is true (the families whose official evaluation runs the EMA weights); ``.safetensors`` files
-    go through the converter only when ``model_cls.official_safetensors`` is true."""
+    Official pickles go through ``converter`` and are unwrapped with the EMA first when
+    ``prefer_ema`` (both from the entry's ``Weights``: the families whose official evaluation
+    runs the EMA weights). ``.safetensors`` files go through the converter only when
+    ``official_safetensors`` (a family whose official release is safetensors, e.g. LARP, MingTok)."""
     source = str(source)
     if source.endswith(OFFICIAL_SUFFIXES + (".safetensors",)) and not os.path.isdir(source):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"checkpoint {source} does not exist")
         verify_sha256(source, sha256)
-        state = load_official_checkpoint(source, getattr(model_cls, "official_checkpoint_ema", False))
+        state = load_official_checkpoint(source, prefer_ema)
         # A .safetensors file is vargen's own layout, unless the family's official release is
-        # safetensors (``official_safetensors``, e.g. LARP), whose converter then applies.
-        if converter is not None and (not source.endswith(".safetensors")
-                                      or getattr(model_cls, "official_safetensors", False)):
+        # safetensors, whose converter then applies.
+        if converter is not None and (not source.endswith(".safetensors") or official_safetensors):
             state = converter(state)
         model = model_cls(config)
         load_state_dict_strict(model, state, source=source)
@@ -253,7 +265,8 @@ def load_registered(entry: Any, config: Any) -> nn.Module:
         return model
     path = resolve_file(weights.hub_repo, weights.filename)
     return load_from(entry.model_cls, config, path, converter=weights.converter,
-                     sha256=weights.sha256)
+                     sha256=weights.sha256, prefer_ema=weights.prefer_ema,
+                     official_safetensors=weights.official_safetensors)
 
 
 def atomic_write(path: Path, write: Callable[[str], Any]) -> None:

@@ -9,50 +9,14 @@ gives the same image at any batch size.
 """
 from __future__ import annotations
 
-import fnmatch
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
 
-from vargen.registry import create_model
+from vargen.registry import (PipelineSpec, create_model, get_pipeline_spec, list_pipelines,  # noqa: F401
+                             register_pipeline)
 from vargen.seeding import SampleRNG
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    name: str
-    tokenizer: str
-    generator: str
-    sampler: str = "raster"
-    sampler_options: Dict[str, Any] = field(default_factory=dict)
-
-
-_PIPELINES: Dict[str, PipelineSpec] = {}
-
-
-def register_pipeline(name: str, tokenizer: str, generator: str, sampler: str = "raster",
-                      **sampler_options: Any) -> PipelineSpec:
-    if name != name.lower() or " " in name or "_" in name:
-        raise ValueError(f"pipeline names are lowercase and dashed, got {name!r}")
-    if name in _PIPELINES:
-        raise ValueError(f"pipeline {name!r} is already registered")
-    spec = PipelineSpec(name, tokenizer, generator, sampler, dict(sampler_options))
-    _PIPELINES[name] = spec
-    return spec
-
-
-def list_pipelines(pattern: str = "*") -> List[str]:
-    import vargen.models  # noqa: F401  (registers pipelines)
-    return sorted(n for n in _PIPELINES if fnmatch.fnmatch(n, pattern))
-
-
-def get_pipeline_spec(name: str) -> PipelineSpec:
-    names = list_pipelines()
-    if name not in _PIPELINES:
-        raise KeyError(f"unknown pipeline {name!r}; available: {names}")
-    return _PIPELINES[name]
 
 
 class Pipeline:

@@ -1,31 +1,41 @@
 """A timm-style model registry that keeps architecture apart from weights.
 
-Every entry names a network class, a dataclass config preset, and optionally a :class:`Weights`
-record saying where official or shipped weights live (Hub repo + file + sha256 + converter) and
-which metrics their source reports. ``create_model(name, pretrained=...)`` builds the network
-and loads weights strictly through :mod:`vargen.hub`.
+Every entry names a network class, a dataclass config preset, a training :class:`Recipe`, and a
+:class:`Weights` record: where official or shipped weights live (Hub repo + file + sha256), how
+an official checkpoint of the architecture is read (``converter``, ``prefer_ema``) and which
+metrics its source reports. ``create_model(name, pretrained=...)`` builds the network and loads
+weights strictly through :mod:`vargen.hub`.
+
+Registration is lazy: :mod:`vargen.zoo` names the module that registers each name, and that
+module is imported when one of its models is looked up. Listing names imports neither torch
+nor any model family; this module imports only the table and the recipes.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import fnmatch
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
-import torch.nn as nn
+from vargen.training.recipes import DEFAULT as DEFAULT_RECIPE, Recipe
+from vargen.zoo import MODELS, PIPELINE_MODULES
 
 StateDict = Dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Weights:
-    """Where the weights of a registry entry come from.
+    """Where the weights of a registry entry come from, and how its official files are read.
 
-    Exactly one of ``hub_repo`` (a Hugging Face repo id, with ``filename``) or ``local`` (a
-    folder inside the installed ``vargen.weights`` package) is set. Official pickle checkpoints
-    go through ``converter`` (official state dict -> vargen state dict).
+    At most one of ``hub_repo`` (a Hugging Face repo id, with ``filename``) or ``local`` (a
+    folder inside the installed ``vargen.weights`` package) is set; with neither, the record
+    only says how official checkpoints of the architecture load (``pretrained=PATH``). Official
+    pickle checkpoints go through ``converter`` (official state dict -> vargen state dict);
+    ``prefer_ema`` takes their EMA weights first (MAR-family training checkpoints, whose
+    evaluation runs ``model_ema``).
     """
 
     hub_repo: Optional[str] = None
@@ -33,18 +43,27 @@ class Weights:
     local: Optional[str] = None
     sha256: Optional[str] = None
     converter: Optional[Callable[[StateDict], StateDict]] = None
+    prefer_ema: bool = False
+    official_safetensors: bool = False  # the official release is safetensors in its own key tree
     metrics: Dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
     def __post_init__(self):
-        if (self.hub_repo is None) == (self.local is None):
-            raise ValueError("Weights needs exactly one of hub_repo (with filename) or local")
+        if self.hub_repo is not None and self.local is not None:
+            raise ValueError("Weights takes one of hub_repo (with filename) or local, not both")
         if self.hub_repo is not None and not self.filename:
             raise ValueError(f"Weights for {self.hub_repo} needs a filename")
 
     @property
+    def has_file(self) -> bool:
+        return self.hub_repo is not None or self.local is not None
+
+    @property
     def location(self) -> str:
-        return f"weights/{self.local}" if self.local else f"{self.hub_repo}/{self.filename}"
+        """``weights/NAME`` (shipped), ``REPO/FILE`` (Hub), or ``""`` (no registered file)."""
+        if self.local:
+            return f"weights/{self.local}"
+        return f"{self.hub_repo}/{self.filename}" if self.hub_repo else ""
 
 
 @dataclass(frozen=True)
@@ -52,56 +71,99 @@ class ModelEntry:
     name: str
     model_cls: type
     config: Any
-    weights: Optional[Weights] = None
-    converter: Optional[Callable[[StateDict], StateDict]] = None
+    weights: Weights = Weights()
+    recipe: Recipe = DEFAULT_RECIPE  # optimiser defaults for ``vargen train``
 
     @property
     def kind(self) -> str:
         return getattr(self.model_cls, "kind", "generator")
+
+    @property
+    def trains_on(self) -> str:
+        """The data ``vargen train`` feeds the model: ``"images"`` or ``"tokens"``."""
+        return getattr(self.model_cls, "trains_on", "images")
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether a weights file is registered (``create_model(name, pretrained=True)``)."""
+        return self.weights.has_file
 
 
 _REGISTRY: Dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, model_cls: type, config: Any, weights: Optional[Weights] = None,
-                   converter: Optional[Callable[[StateDict], StateDict]] = None) -> ModelEntry:
-    """Register ``name``; ``converter`` maps an official checkpoint's keys to vargen's."""
+                   converter: Optional[Callable[[StateDict], StateDict]] = None,
+                   recipe: Optional[Recipe] = None) -> ModelEntry:
+    """Register ``name`` (call it in the family's module; add the name to :mod:`vargen.zoo`).
+
+    ``weights`` says where its weights are and how official checkpoints load; ``converter`` is
+    shorthand for ``Weights(converter=...)``. ``recipe`` fills the optimiser options a
+    ``vargen train`` run leaves unset (default: the class's ``default_recipe``, else
+    ``recipes.DEFAULT``).
+    """
     if name != name.lower() or " " in name or "_" in name:
         raise ValueError(f"model names are lowercase and dashed, got {name!r}")
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config of {name!r} must be a dataclass instance, got {type(config)}")
-    if weights is not None and converter is not None and weights.converter is None:
+    weights = weights or Weights()
+    if converter is not None:
+        if weights.converter not in (None, converter):
+            raise ValueError(f"{name!r}: two converters given (weights.converter and converter)")
         weights = dataclasses.replace(weights, converter=converter)
-    entry = ModelEntry(name, model_cls, config, weights, converter)
+    recipe = recipe or getattr(model_cls, "default_recipe", DEFAULT_RECIPE)
+    entry = ModelEntry(name, model_cls, config, weights, recipe)
     _REGISTRY[name] = entry
     return entry
 
 
-def _ensure_builtin_models() -> None:
-    # Importing the model packages runs their register_model calls.
-    import vargen.models  # noqa: F401
-    import vargen.tokenizers  # noqa: F401
-    import vargen.classifier  # noqa: F401
-
-
 def list_models(pattern: str = "*", kind: Optional[str] = None, pretrained: bool = False) -> List[str]:
-    """Registered names matching a shell-style ``pattern`` (``"nar*"``), sorted."""
-    _ensure_builtin_models()
-    names = [n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern)
-             and (kind is None or e.kind == kind) and (not pretrained or e.weights is not None)]
-    return sorted(names)
+    """Registered names matching a shell-style ``pattern`` (``"nar*"``), sorted; imports nothing."""
+    names = set(MODELS) | set(_REGISTRY)
+
+    def keep(n: str) -> bool:
+        n_kind, location = model_summary(n)
+        return (fnmatch.fnmatch(n, pattern) and (kind is None or n_kind == kind)
+                and (not pretrained or bool(location)))
+    return sorted(n for n in names if keep(n))
+
+
+def model_summary(name: str) -> tuple:
+    """``(kind, weights location or "")`` of ``name`` without importing its module."""
+    e = _REGISTRY.get(name)
+    if e is not None:
+        return e.kind, e.weights.location
+    if name not in MODELS:
+        get_entry(name)  # the unknown-name error
+    return MODELS[name][1], MODELS[name][2]
 
 
 def get_entry(name: str) -> ModelEntry:
-    _ensure_builtin_models()
+    """The entry of ``name``, importing the module that registers it on first use."""
+    if name not in _REGISTRY and name in MODELS:
+        importlib.import_module(MODELS[name][0])
+        if name not in _REGISTRY:
+            raise RuntimeError(f"vargen.zoo says {MODELS[name][0]} registers {name!r}, but "
+                               f"importing it did not")
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        known = list_models()
+        close = difflib.get_close_matches(name, known, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown model {name!r}.{hint} See vargen.list_models() for all "
-                       f"{len(_REGISTRY)} names.")
+                       f"{len(known)} names.")
     return _REGISTRY[name]
+
+
+def model_class_named(class_name: Optional[str], kind: Optional[str] = None, where: str = "") -> type:
+    """The registered class called ``class_name`` (a saved folder's ``_class_name``)."""
+    classes = {get_entry(n).model_cls.__name__: get_entry(n).model_cls for n in list_models(kind=kind)}
+    if class_name not in classes:
+        what = f"a registered {kind}" if kind else "a registered model"
+        raise ValueError(f"{where or 'the folder'} does not hold {what} (config.json class "
+                         f"{class_name!r}; known: {sorted(classes)})")
+    return classes[class_name]
 
 
 def model_config(name: str, **overrides: Any) -> Any:
@@ -115,12 +177,12 @@ def model_config(name: str, **overrides: Any) -> Any:
     return dataclasses.replace(config, **overrides)
 
 
-def create_model(name: str, pretrained: Union[bool, str, Path] = False, **overrides: Any) -> nn.Module:
+def create_model(name: str, pretrained: Union[bool, str, Path] = False, **overrides: Any):
     """Build a registered network, optionally with weights.
 
     ``pretrained`` is ``False`` (random init), ``True`` (the entry's registered weights), or a
     path / Hub repo id: a folder or repo saved by ``save_pretrained``, a ``.safetensors`` file,
-    or an official ``.pt``/``.pth``/``.ckpt`` checkpoint (read with the entry's converter).
+    or an official ``.pt``/``.pth``/``.ckpt`` checkpoint (read as the entry's ``Weights`` say).
     """
     from vargen import hub
 
@@ -129,9 +191,48 @@ def create_model(name: str, pretrained: Union[bool, str, Path] = False, **overri
     if pretrained is False or pretrained is None:
         return entry.model_cls(config)
     if pretrained is True:
-        if entry.weights is None:
+        if not entry.pretrained:
             raise ValueError(f"{name!r} has no registered weights; pass pretrained=PATH_OR_REPO "
                              f"or see vargen.list_models(pretrained=True)")
         return hub.load_registered(entry, config)
-    return hub.load_from(entry.model_cls, config, pretrained, converter=entry.converter,
+    return hub.load_from(entry.model_cls, config, pretrained, converter=entry.weights.converter,
+                         prefer_ema=entry.weights.prefer_ema,
+                         official_safetensors=entry.weights.official_safetensors,
                          strict_config=not overrides)
+
+
+# ----------------------------------------------------------------------------- pipelines
+@dataclass(frozen=True)
+class PipelineSpec:
+    name: str
+    tokenizer: str
+    generator: str
+    sampler: str = "raster"
+    sampler_options: Dict[str, Any] = field(default_factory=dict)
+
+
+_PIPELINES: Dict[str, PipelineSpec] = {}
+
+
+def register_pipeline(name: str, tokenizer: str, generator: str, sampler: str = "raster",
+                      **sampler_options: Any) -> PipelineSpec:
+    if name != name.lower() or " " in name or "_" in name:
+        raise ValueError(f"pipeline names are lowercase and dashed, got {name!r}")
+    if name in _PIPELINES:
+        raise ValueError(f"pipeline {name!r} is already registered")
+    spec = PipelineSpec(name, tokenizer, generator, sampler, dict(sampler_options))
+    _PIPELINES[name] = spec
+    return spec
+
+
+def list_pipelines(pattern: str = "*") -> List[str]:
+    for module in PIPELINE_MODULES:
+        importlib.import_module(module)
+    return sorted(n for n in _PIPELINES if fnmatch.fnmatch(n, pattern))
+
+
+def get_pipeline_spec(name: str) -> PipelineSpec:
+    names = list_pipelines()
+    if name not in _PIPELINES:
+        raise KeyError(f"unknown pipeline {name!r}; available: {names}")
+    return _PIPELINES[name]

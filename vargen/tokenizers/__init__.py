@@ -1,15 +1,16 @@
 """Tokenizers: discrete VQ (images and video), continuous KL and MingTok, LARP (video), and any
-diffusers AutoencoderKL. Importing this package registers them; diffusers itself is imported only
-when a network is built."""
-from .base import Tokenizer
-from .kl import KLConfig, KLTokenizer, convert_mar_kl16
-from .larp import LARPConfig, LARPTokenizer, convert_larp
-from .mingtok import MingTok, MingTokConfig, convert_mingtok
-from .vq import VQConfig, VQTokenizer, convert_llamagen_vq
-from .video_vq import VideoVQConfig, VideoVQTokenizer
-from .diffusers_vae import load_diffusers_vae, to_diffusers
+diffusers AutoencoderKL. A family registers its models when its module is
+imported (on first use, through the registry or an attribute of this package)."""
+from vargen.lazy import lazy_exports
 
-__all__ = ["Tokenizer", "VQConfig", "VQTokenizer", "convert_llamagen_vq", "KLConfig",
-           "KLTokenizer", "convert_mar_kl16", "LARPConfig", "LARPTokenizer", "convert_larp",
-           "MingTok", "MingTokConfig", "convert_mingtok", "VideoVQConfig", "VideoVQTokenizer",
-           "load_diffusers_vae", "to_diffusers"]
+_EXPORTS = {
+    ".base": ("Tokenizer",),
+    ".kl": ("KLConfig", "KLTokenizer", "convert_mar_kl16"),
+    ".vq": ("VQConfig", "VQTokenizer", "convert_llamagen_vq"),
+    ".larp": ("LARPConfig", "LARPTokenizer", "convert_larp"),
+    ".mingtok": ("MingTok", "MingTokConfig", "convert_mingtok"),
+    ".video_vq": ("VideoVQConfig", "VideoVQTokenizer"),
+    ".diffusers_vae": ("load_diffusers_vae", "to_diffusers"),
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]

@@ -6,15 +6,18 @@ video); ``is_discrete``; ``vocab_size`` (discrete) or ``latent_channels`` (conti
 """
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 
 from vargen.hub import VargenModule
+from vargen.training.recipes import TOKENIZER
 
 
 class Tokenizer(VargenModule):
     kind = "tokenizer"
+    trains_on = "images"
+    default_recipe = TOKENIZER  # entries may pass their own to register_model
     is_discrete: bool = True
     downsample: int = 16  # pixels per token side
 
@@ -50,6 +53,11 @@ class Tokenizer(VargenModule):
     @property
     def weight_dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    def training_loss(self, inputs: torch.Tensor, labels: Optional[torch.Tensor] = None
+                      ) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """The training contract: ``(loss, logs)`` on images ``inputs``; labels are ignored."""
+        return self.loss(inputs)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

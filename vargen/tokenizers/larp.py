@@ -202,8 +202,6 @@ class LARPTokenizer(Tokenizer):
 
     config_class = LARPConfig
     is_discrete = True
-    # The registered Hub file is the official model.safetensors: convert_larp applies to it.
-    official_safetensors = True
 
     def __init__(self, config: LARPConfig):
         super().__init__(config)
@@ -458,8 +456,11 @@ def convert_larp(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
 
 
 _LARP_SOURCE = "https://github.com/hywang66/LARP"
-register_model("larp-l-long", LARPTokenizer, LARP_L_LONG, converter=convert_larp, weights=Weights(
-    hub_repo="hywang66/LARP-L-long-tokenizer", filename=WEIGHTS_NAME,
+# The release is a PyTorchModelHubMixin safetensors file in LARP's own key tree: the converter reads it.
+register_model("larp-l-long", LARPTokenizer, LARP_L_LONG, weights=Weights(
+    hub_repo="hywang66/LARP-L-long-tokenizer", filename=WEIGHTS_NAME, converter=convert_larp,
+    official_safetensors=True,
     # LARP README / paper Table 1: reconstruction FVD on UCF-101 (eval_larp_tokenizer.py --det).
     metrics={"ucf101_rfvd": 20}, source=_LARP_SOURCE))
-register_model("larp-tiny", LARPTokenizer, LARP_TINY, converter=convert_larp)
+register_model("larp-tiny", LARPTokenizer, LARP_TINY,
+               weights=Weights(converter=convert_larp, official_safetensors=True))

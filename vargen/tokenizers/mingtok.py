@@ -220,7 +220,6 @@ class MingTok(Tokenizer):
 
     config_class = MingTokConfig
     is_discrete = False
-    official_safetensors = True  # the Hub release is a transformers save: official keys
 
     def __init__(self, config: MingTokConfig):
         super().__init__(config)
@@ -447,8 +446,11 @@ def convert_mingtok(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tens
     return out
 
 
-register_model("mingtok-vision", MingTok, MINGTOK_VISION, converter=convert_mingtok, weights=Weights(
+# The Hub release is a transformers save (official keys): the converter reads it.
+register_model("mingtok-vision", MingTok, MINGTOK_VISION, weights=Weights(
     hub_repo="inclusionAI/MingTok-Vision", filename="model.safetensors", converter=convert_mingtok,
+    official_safetensors=True,
     metrics={"imagenet_val_512px_rfid": 0.54, "psnr": 30.77, "ssim": 0.62, "lpips": 0.14},
     source="inclusionAI/Ming-UniVision README (ImageNet-val 50k, 512 px, 256 tokens)"))
-register_model("mingtok-tiny", MingTok, MINGTOK_TINY, converter=convert_mingtok)
+register_model("mingtok-tiny", MingTok, MINGTOK_TINY,
+               weights=Weights(converter=convert_mingtok, official_safetensors=True))

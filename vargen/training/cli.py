@@ -1,0 +1,75 @@
+"""``vargen train``: the command-line face of :func:`vargen.training.train`.
+
+Imports no torch until the command runs, so ``vargen --help`` stays light.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+from typing import Any, Tuple
+
+from .config import TrainConfig
+
+
+def _parse_override(text: str) -> Tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--override expects key=value, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # a bare string
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig(model="", out="")
+    p.add_argument("--model", required=True, help="registered model name (vargen list)")
+    p.add_argument("--override", type=_parse_override, action="append", default=[],
+                   metavar="KEY=VALUE", help="model config field, e.g. class_dropout_prob=0")
+    p.add_argument("--data", default=d.data, help="dataset (mnist, mnist:heldout), image folder, "
+                   "or token .safetensors file")
+    p.add_argument("--split", default=d.split)
+    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--tokenizer", default=None, help="tokenizer for generators: registered name "
+                   "with weights or save_pretrained folder")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    p.add_argument("--lr", type=float, default=None, help="default: the model's recipe")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--betas", type=float, nargs=2, default=None)
+    p.add_argument("--grad-clip", type=float, default=None, help="0 disables")
+    p.add_argument("--ema-decay", type=float, default=None, help="0 disables EMA")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default=None,
+                   help="default: the model's recipe")
+    p.add_argument("--min-lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=d.precision)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-deterministic", dest="deterministic", action="store_false", default=None)
+    p.add_argument("--cache-dir", default=None, help="token cache (default ~/.cache/vargen/tokens)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, final/")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"overrides"}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return TrainConfig(overrides=dict(args.override), **values)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a registered model (resumes from OUT/checkpoint.pt)")
+    add_arguments(p)
+
+    def run(args):
+        from .loop import train
+        result = train(config_from_args(args))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(result))
+    p.set_defaults(run=run)

@@ -1,0 +1,82 @@
+"""``TrainConfig``: one run's settings; unset optimiser options come from the entry's recipe."""
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+from .recipes import Recipe
+
+# Fields that must not change when a run resumes from its checkpoint.
+# "steps" too under a cosine schedule (it sets the schedule); a constant-lr run may be extended.
+RESUME_KEYS = ("model", "overrides", "data", "split", "image_size", "tokenizer", "batch_size", "seed",
+               "lr", "min_lr", "schedule", "warmup_steps", "weight_decay", "betas", "grad_clip",
+               "ema_decay", "precision")
+_FROM_RECIPE = ("weight_decay", "betas", "grad_clip", "ema_decay", "schedule")
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    out: str
+    data: str = "mnist"              # dataset name, image folder, or a token .safetensors file
+    split: str = "train"
+    image_size: int = 32
+    tokenizer: Optional[str] = None  # registered name (with weights) or save_pretrained folder
+    overrides: Dict[str, Any] = field(default_factory=dict)  # model config fields
+    steps: int = 1000
+    batch_size: int = 64             # global batch, split evenly over DDP ranks
+    lr: Optional[float] = None       # None: the entry's recipe
+    weight_decay: Optional[float] = None
+    betas: Optional[Tuple[float, float]] = None
+    grad_clip: Optional[float] = None   # 0 disables clipping
+    ema_decay: Optional[float] = None   # 0 disables EMA (the raw weights are exported)
+    warmup_steps: int = 0
+    schedule: Optional[str] = None   # "constant" or "cosine" (to min_lr after warmup)
+    min_lr: Optional[float] = None   # None: the recipe's min_lr_ratio * lr
+    seed: int = 0
+    ckpt_every: int = 500
+    log_every: int = 10
+    precision: str = "bf16"          # autocast dtype on CUDA ("fp32" disables); CPU is fp32
+    device: Optional[str] = None
+    deterministic: Optional[bool] = None  # None: on for CPU, off for CUDA
+    cache_dir: Optional[str] = None
+    progress: bool = True
+
+    def resolved(self, recipe: Recipe) -> "TrainConfig":
+        """Fill unset optimiser fields from ``recipe``; check the rest."""
+        if self.steps < 0 or self.batch_size < 1 or self.ckpt_every < 1 or self.log_every < 1:
+            raise ValueError(f"need steps >= 0, batch_size, ckpt_every, log_every >= 1; got "
+                             f"{self.steps}, {self.batch_size}, {self.ckpt_every}, {self.log_every}")
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        filled = {name: getattr(recipe, name) if getattr(self, name) is None else getattr(self, name)
+                  for name in _FROM_RECIPE}
+        if filled["schedule"] not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {filled['schedule']!r}")
+        filled["betas"] = tuple(float(b) for b in filled["betas"])
+        if not 0 <= filled["ema_decay"] < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {filled['ema_decay']}")
+        lr = recipe.learning_rate(self.batch_size) if self.lr is None else self.lr
+        min_lr = recipe.min_lr_ratio * lr if self.min_lr is None else self.min_lr
+        return dataclasses.replace(self, lr=lr, min_lr=min_lr, **filled)
+
+
+def command_line(cfg: TrainConfig) -> str:
+    """The ``vargen train`` command that reproduces a resolved ``cfg``."""
+    parts = ["vargen train", f"--model {cfg.model}", f"--data {cfg.data}"]
+    defaults = TrainConfig(model="", out="")
+    parts += [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("split", "image_size")
+              if getattr(cfg, name) != getattr(defaults, name)]
+    parts += [f"--override {shlex.quote(f'{k}={v!r}'.replace(' ', ''))}" for k, v in cfg.overrides.items()]
+    if cfg.tokenizer:
+        parts.append(f"--tokenizer {cfg.tokenizer}")
+    parts += [f"--steps {cfg.steps}", f"--batch-size {cfg.batch_size}", f"--lr {cfg.lr:g}",
+              f"--weight-decay {cfg.weight_decay:g}", f"--betas {cfg.betas[0]:g} {cfg.betas[1]:g}",
+              f"--grad-clip {cfg.grad_clip:g}", f"--ema-decay {cfg.ema_decay:g}",
+              f"--seed {cfg.seed}", f"--out {cfg.out}"]
+    if cfg.warmup_steps or cfg.schedule != "constant":
+        parts += [f"--warmup-steps {cfg.warmup_steps}", f"--schedule {cfg.schedule}",
+                  f"--min-lr {cfg.min_lr:g}"]
+    return " ".join(parts)

@@ -1,0 +1,101 @@
+"""What a run trains on, and in which order.
+
+A model declares its training data with the class attribute ``trains_on``: ``"images"``
+(tokenizers, classifiers: a dataset name or image folder) or ``"tokens"`` (generators: token
+grids extracted once by a tokenizer, :mod:`vargen.data.cache`, or a token ``.safetensors`` file).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from vargen.seeding import sample_seed
+
+from .config import TrainConfig
+
+TRAINS_ON = ("images", "tokens")
+
+
+class GlobalBatchSampler:
+    """Step ``s`` -> the dataset indices of global batch ``s``, a pure function of (seed, s).
+
+    The index stream is the concatenation of per-epoch permutations, epoch ``e`` drawn from a
+    generator seeded with ``(seed, e)``; a rank takes its contiguous slice of the global batch.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int):
+        if num_items < 1:
+            raise ValueError("the training set is empty")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self._epoch, self._perm = -1, None
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch))
+            self._epoch, self._perm = epoch, torch.randperm(self.num_items, generator=g)
+        return self._perm
+
+    def global_batch(self, step: int) -> torch.Tensor:
+        start, parts = step * self.batch_size, []
+        for pos in range(start, start + self.batch_size):
+            epoch, i = divmod(pos, self.num_items)
+            parts.append(int(self.permutation(epoch)[i]))
+        return torch.tensor(parts)
+
+    def local_batch(self, step: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        if self.batch_size % world_size:
+            raise ValueError(f"global batch {self.batch_size} does not split evenly over "
+                             f"{world_size} processes")
+        per_rank = self.batch_size // world_size
+        return self.global_batch(step)[rank * per_rank:(rank + 1) * per_rank]
+
+
+def load_tokenizer(spec: str, device: torch.device) -> nn.Module:
+    """A tokenizer from a ``save_pretrained`` folder or a registered name with weights."""
+    from vargen.hub import saved_class_name
+    from vargen.registry import create_model, get_entry, model_class_named
+    if os.path.isdir(spec):
+        model_cls = model_class_named(saved_class_name(spec), kind="tokenizer", where=spec)
+        model = model_cls.from_pretrained(spec)
+    else:
+        entry = get_entry(spec)
+        if entry.kind != "tokenizer":
+            raise ValueError(f"--tokenizer {spec!r} is a {entry.kind}, not a tokenizer")
+        if not entry.pretrained:
+            raise ValueError(f"tokenizer {spec!r} has no registered weights: train it first "
+                             f"(vargen train --model {spec} ...) and pass its OUT/final folder")
+        model = create_model(spec, pretrained=True)
+    return model.to(device).eval()
+
+
+def load_data(cfg: TrainConfig, trains_on: str, device: torch.device, rank: int,
+              world_size: int) -> Dict[str, torch.Tensor]:
+    """``{"inputs", "labels"}`` (on CPU) of the kind of data the model ``trains_on``."""
+    from vargen.data import cache, get_dataset
+    if trains_on not in TRAINS_ON:
+        raise ValueError(f"{cfg.model} declares trains_on={trains_on!r}; expected one of {TRAINS_ON}")
+    if str(cfg.data).endswith(".safetensors"):
+        if trains_on != "tokens":
+            raise ValueError(f"{cfg.data} is a token file, but {cfg.model} trains on {trains_on}: "
+                             f"pass a dataset name (mnist) or an image folder")
+        data = cache.load_token_file(cfg.data)
+        return {"inputs": data["tokens"], "labels": data["labels"]}
+    if trains_on == "images":
+        data = cache.dataset_tensors(get_dataset(cfg.data, cfg.split, cfg.image_size))
+        return {"inputs": data["images"], "labels": data["labels"]}
+    if cfg.tokenizer is None:
+        raise ValueError(f"{cfg.model!r} trains on tokens: pass --tokenizer NAME_OR_FOLDER "
+                         f"or --data TOKENS.safetensors (a vargen token file)")
+    tokenizer = load_tokenizer(cfg.tokenizer, device)
+    args = (tokenizer, cfg.data, cfg.split, cfg.image_size, cfg.cache_dir)
+    if rank == 0:  # rank 0 extracts (or reads) the cache; the others wait, then read it
+        data = cache.cached_tokens(*args, device=device)
+    if world_size > 1:
+        dist.barrier()
+    if rank != 0:
+        data = cache.cached_tokens(*args, device=device, create=False)
+    return {"inputs": data["tokens"], "labels": data["labels"]}

@@ -1,0 +1,52 @@
+"""Optimiser recipes of the official training scripts, attached to registry entries.
+
+A :class:`Recipe` fills the optimiser options a ``vargen train`` run leaves unset. Each family
+passes its recipe to ``register_model(..., recipe=...)``; an entry without one trains with
+:data:`DEFAULT`. This module imports nothing (the registry and ``vargen list`` may read it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """AdamW settings; ``blr`` (base lr) scales as ``blr * batch / 256`` when ``lr`` is None."""
+
+    lr: Optional[float] = None
+    blr: Optional[float] = None
+    weight_decay: float = 0.05
+    betas: Tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0          # 0 disables clipping
+    ema_decay: float = 0.9999       # 0 disables EMA
+    schedule: str = "constant"      # "constant" or "cosine"
+    min_lr_ratio: float = 0.0       # cosine floor as a fraction of lr
+    source: str = ""
+
+    def __post_init__(self):
+        if (self.lr is None) == (self.blr is None):
+            raise ValueError("a Recipe sets exactly one of lr or blr")
+
+    def learning_rate(self, batch_size: int) -> float:
+        return self.lr if self.lr is not None else self.blr * batch_size / 256
+
+
+# LlamaGen autoregressive/train/train_c2i.py (NAR-images trains with the same script).
+LLAMAGEN = Recipe(lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95), grad_clip=1.0, ema_decay=0.9999,
+                  source="LlamaGen autoregressive/train/train_c2i.py")
+NAR = LLAMAGEN
+# NAR-videos scripts/train_larp_ar.sh + cfgs/larp_ar.yaml: lr 6e-4, wd 0.05, betas (0.9, 0.95),
+# cosine to 0.01 lr, no gradient clipping, no EMA (its 4-epoch warmup is --warmup-steps here).
+LARP_AR = Recipe(lr=6e-4, weight_decay=0.05, betas=(0.9, 0.95), grad_clip=0.0, ema_decay=0.0,
+                 schedule="cosine", min_lr_ratio=0.01,
+                 source="NAR-videos scripts/train_larp_ar.sh, cfgs/larp_ar.yaml")
+# xAR main_xar.py: AdamW betas (0.9, 0.96), wd 0.02, lr = blr * batch / 256, EMA 0.9999.
+XAR = Recipe(blr=5e-5, weight_decay=0.02, betas=(0.9, 0.96), grad_clip=1.0, ema_decay=0.9999,
+             source="xAR main_xar.py")
+TOKENIZER = Recipe(lr=1e-4, weight_decay=0.0, betas=(0.9, 0.95), grad_clip=1.0, ema_decay=0.999,
+                   source="vargen tokenizer default")
+CLASSIFIER = Recipe(lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), grad_clip=1.0, ema_decay=0.999,
+                    source="vargen digit classifier")
+DEFAULT = Recipe(lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95), grad_clip=1.0, ema_decay=0.9999,
+                 source="vargen default (LlamaGen's)")
