@@ -273,8 +273,6 @@ class ContAR(LlamaGen):
         loss = F.mse_loss(self.head(x_t, t, z).float(), (x - noise).float())
         return loss, {"flow_mse": loss.item()}
 
-    loss = training_loss  # the name vargen.train calls today
-
     # ----------------------------------------------------------------------------- inference hooks
     def setup_cache(self, batch_size: int, max_len: Optional[int] = None,
                     device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:

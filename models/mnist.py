@@ -79,7 +79,7 @@ _CONT_AR = dict(dim=128, n_layer=4, n_head=4, multiple_of=64, num_classes=10, gr
                 token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
 register_model("cont-ar-mnist", ContAR, weights=_shipped("cont-ar-mnist"), config=ContARConfig(
     latent_channels=4, **_CONT_AR))
-register_model("cont-ar-mingtok-mnist", ContAR, weights=_shipped("cont-ar-mingtok-mnist"), config=ContARConfig(
+register_model("cont-ar-mingtok-mnist", ContAR, config=ContARConfig(
     latent_channels=4, input_kind="semantic", semantic_dim=128, semantic_tokenizer="mingtok-mnist", **_CONT_AR))
 
 # Draft for the video generators (issue 14 item 3; architecture only, not trained yet): the NAR

@@ -26,7 +26,7 @@ def _tokens(model, batch):
 def test_generator_forward_backward_generate(name):
     model = vargen.create_model(name)
     labels = torch.tensor([0, 1])
-    loss = model.loss(_tokens(model, 2), labels)
+    loss, _ = model.training_loss(_tokens(model, 2), labels)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]

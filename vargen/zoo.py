@@ -15,6 +15,8 @@ _LG = "vargen.models.llamagen"
 _NAR = "vargen.models.nar"
 _XAR = "vargen.models.xar"
 _MNIST = "vargen.models.mnist"
+_CAR = "vargen.models.cont_ar"
+_VAE = "vargen.tokenizers.diffusers_vae"
 _LG_HUB = "FoundationVision/LlamaGen/"
 
 # name: (module that registers it, kind, weights location ("" = none registered))
@@ -43,6 +45,17 @@ MODELS: Dict[str, Tuple[str, str, str]] = {
     "llamagen-vq-tiny": ("vargen.tokenizers.vq", "tokenizer", ""),
     "mar-kl16": ("vargen.tokenizers.kl", "tokenizer", ""),
     "mar-kl-tiny": ("vargen.tokenizers.kl", "tokenizer", ""),
+    "mingtok-vision": ("vargen.tokenizers.mingtok", "tokenizer", "inclusionAI/MingTok-Vision/model.safetensors"),
+    "mingtok-tiny": ("vargen.tokenizers.mingtok", "tokenizer", ""),
+    "larp-l-long": ("vargen.tokenizers.larp", "tokenizer", "hywang66/LARP-L-long-tokenizer/model.safetensors"),
+    "larp-tiny": ("vargen.tokenizers.larp", "tokenizer", ""),
+    "video-vq-tiny": ("vargen.tokenizers.video_vq", "tokenizer", ""),
+    "sd-vae-ft-ema": (_VAE, "tokenizer", "stabilityai/sd-vae-ft-ema/diffusion_pytorch_model.bin"),
+    "sd-vae-ft-mse": (_VAE, "tokenizer", "stabilityai/sd-vae-ft-mse/diffusion_pytorch_model.bin"),
+    "mar-vae-kl16-diffusers": (_VAE, "tokenizer", "xwen99/mar-vae-kl16/diffusion_pytorch_model.safetensors"),
+    "cont-ar-tiny": (_CAR, "generator", ""),
+    "cont-ar-b": (_CAR, "generator", ""),
+    "cont-ar-b-mingtok": (_CAR, "generator", ""),
     "digit-classifier": ("vargen.classifier", "classifier", "weights/digit-classifier"),
     "digit-classifier-tiny": ("vargen.classifier", "classifier", ""),
     "vq-mnist": (_MNIST, "tokenizer", "weights/vq-mnist"),
@@ -50,6 +63,11 @@ MODELS: Dict[str, Tuple[str, str, str]] = {
     "llamagen-mnist": (_MNIST, "generator", "weights/llamagen-mnist"),
     "nar-mnist": (_MNIST, "generator", "weights/nar-mnist"),
     "xar-mnist": (_MNIST, "generator", "weights/xar-mnist"),
+    "mingtok-mnist": (_MNIST, "tokenizer", "weights/mingtok-mnist"),
+    "video-vq-mnist": (_MNIST, "tokenizer", "weights/video-vq-mnist"),
+    "cont-ar-mnist": (_MNIST, "generator", "weights/cont-ar-mnist"),
+    "cont-ar-mingtok-mnist": (_MNIST, "generator", ""),
+    "nar-video-mnist": (_MNIST, "generator", ""),
 }
 
 # Modules whose register_pipeline calls define the named pipelines (no torch, no family).

@@ -256,11 +256,6 @@ class VideoVQTokenizer(Tokenizer):
         model's ``_reconstruct`` (same outputs, with the time axis folded into the rows)."""
         return VQTokenizer.loss(self, videos)
 
-
-    def loss(self, videos: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """The hook today's ``vargen train`` calls for tokenizers (until it calls ``training_loss``)."""
-        return self.training_loss(videos)
-
     @torch.no_grad()
     def reconstruction_metrics(self, videos: torch.Tensor, labels: Optional[torch.Tensor] = None,
                                digit_size: int = 16, batch_size: int = 50) -> Dict[str, float]:
