@@ -45,7 +45,7 @@ def test_tokenizer_forward_backward_round_trip(name):
     size = model.downsample * 4
     frames = getattr(model, "temporal_downsample", None)  # video tokenizers take [B, 3, T, H, W]
     images = torch.rand(2, 3, *((frames * 4,) if frames else ()), size, size) * 2 - 1
-    loss, logs = model.loss(images)
+    loss, logs = model.training_loss(images)
     assert torch.isfinite(loss) and isinstance(logs, dict)
     loss.backward()
     model.eval()
