@@ -90,4 +90,5 @@ register_model("cont-ar-mingtok-mnist", ContAR, config=ContARConfig(
 # thread): 9.4 s per training step at batch 16; dim 96: 7.0 s; dim 64: 4.7 s.
 register_model("nar-video-mnist", NARVideo, config=NARVideoConfig(
     dim=128, n_layer=4, n_head=4, multiple_of=64, vocab_size=CODEBOOK, num_classes=10,
-    latent_shape=(4, 8, 8), token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0))
+    latent_shape=(4, 8, 8), token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0),
+    recipe=recipes.LARP_AR)
