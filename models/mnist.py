@@ -31,6 +31,7 @@ SHIPPED_SHA256 = {
     "llamagen-mnist": "d1254f6542f7b84d01a303d1e0504c47764cc6ffeaa090f4d6dc92be44fccb35",
     "mingtok-mnist": "48e8703ec120295555136f805da9dbd86c842812a0ed3e44be87ed6534e6ac33",
     "cont-ar-mnist": "3b2dbd7363d791fc700e9d572a06e7b4ff195620302a6d42fd2767b547a672f1",
+    "cont-ar-mingtok-mnist": "feaf8612e0314adf7dacf719947a3a4dc2b3549c0144e78f04e262356c73538f",
 }
 
 
