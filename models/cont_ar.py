@@ -273,7 +273,9 @@ class ContAR(LlamaGen):
         loss = F.mse_loss(self.head(x_t, t, z).float(), (x - noise).float())
         return loss, {"flow_mse": loss.item()}
 
-    loss = training_loss  # the name vargen.train calls today
+    def loss(self, latents: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The scalar of :meth:`training_loss` (the generator protocol vargen.train calls today)."""
+        return self.training_loss(latents, labels)[0]
 
     # ----------------------------------------------------------------------------- inference hooks
     def setup_cache(self, batch_size: int, max_len: Optional[int] = None,
