@@ -60,5 +60,13 @@ for m in llamagen nar xar; do cp -r runs/$m-mnist/final weights/$m-mnist; done
 vargen train --model video-vq-mnist --data moving-mnist --steps 3000 --batch-size 16 --lr 1e-3 \
     --warmup-steps 50 --ckpt-every 100 --out runs/video-vq-mnist
 cp -r runs/video-vq-mnist/final weights/video-vq-mnist
+# Continuous-token AR (Ming-UniVision-style), constant lr: on kl-mnist latents (Linear input) and
+# on mingtok-mnist latents (through MingTok's frozen causal semantic decoder).
+cont="--data mnist --steps 1500 --batch-size 32 --lr 1e-3 --ema-decay 0.999 --warmup-steps 100 \
+    --ckpt-every 100 --log-every 20"
+vargen train --model cont-ar-mnist --tokenizer weights/kl-mnist $cont --out runs/cont-ar-mnist &
+vargen train --model cont-ar-mingtok-mnist --tokenizer mingtok-mnist $cont --out runs/cont-ar-mingtok-mnist &
+wait
+for m in cont-ar cont-ar-mingtok; do cp -r runs/$m-mnist/final weights/$m-mnist; done
 sha256sum weights/*/model.safetensors   # -> SHIPPED_SHA256 in models/mnist.py
 python demos/evaluate_mnist_zoo.py --num-samples 1000 --json runs/zoo-eval.json

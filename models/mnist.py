@@ -35,6 +35,7 @@ SHIPPED_SHA256 = {
     "mingtok-mnist": "48e8703ec120295555136f805da9dbd86c842812a0ed3e44be87ed6534e6ac33",
     "video-vq-mnist": "d5bb0e35a34cb445fa1fe9cd40550bc0cd35a9b7a3c8b18e97db5bd4250e30b4",
     "cont-ar-mnist": "3b2dbd7363d791fc700e9d572a06e7b4ff195620302a6d42fd2767b547a672f1",
+    "cont-ar-mingtok-mnist": "feaf8612e0314adf7dacf719947a3a4dc2b3549c0144e78f04e262356c73538f",
 }
 
 
@@ -79,7 +80,7 @@ _CONT_AR = dict(dim=128, n_layer=4, n_head=4, multiple_of=64, num_classes=10, gr
                 token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
 register_model("cont-ar-mnist", ContAR, weights=_shipped("cont-ar-mnist"), config=ContARConfig(
     latent_channels=4, **_CONT_AR))
-register_model("cont-ar-mingtok-mnist", ContAR, config=ContARConfig(
+register_model("cont-ar-mingtok-mnist", ContAR, weights=_shipped("cont-ar-mingtok-mnist"), config=ContARConfig(
     latent_channels=4, input_kind="semantic", semantic_dim=128, semantic_tokenizer="mingtok-mnist", **_CONT_AR))
 
 # Draft for the video generators (issue 14 item 3; architecture only, not trained yet): the NAR

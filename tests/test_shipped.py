@@ -16,7 +16,7 @@ WEIGHTS_DIR = Path(vargen.weights.__file__).parent
 
 def test_weights_folder_is_small_and_fully_registered():
     total = sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*") if f.is_file())
-    assert total < 40 * 2 ** 20
+    assert total < 64 * 2 ** 20  # the budget issue 13 set for weights/ in all
     shipped_dirs = {p.name for p in WEIGHTS_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")}
     assert shipped_dirs == {vargen.get_entry(n).weights.local for n in SHIPPED}
 

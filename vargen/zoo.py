@@ -66,7 +66,7 @@ MODELS: Dict[str, Tuple[str, str, str]] = {
     "mingtok-mnist": (_MNIST, "tokenizer", "weights/mingtok-mnist"),
     "video-vq-mnist": (_MNIST, "tokenizer", "weights/video-vq-mnist"),
     "cont-ar-mnist": (_MNIST, "generator", "weights/cont-ar-mnist"),
-    "cont-ar-mingtok-mnist": (_MNIST, "generator", ""),
+    "cont-ar-mingtok-mnist": (_MNIST, "generator", "weights/cont-ar-mingtok-mnist"),
     "nar-video-mnist": (_MNIST, "generator", ""),
 }
 

@@ -363,8 +363,6 @@ class MingTok(Tokenizer):
         logs["loss"] = loss.item()
         return loss, logs
 
-    # The trainer before the training package calls ``loss(images)``; remove with it.
-
     @torch.no_grad()
     def target_features(self, images: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """The frozen target's features ``[B, h*w, D]`` on the token grid.
