@@ -22,15 +22,45 @@ def _tokens(model, batch):
     return torch.randn(batch, *shape)
 
 
+# Parameters that may receive no gradient from one training_loss call, with the reason. Empty
+# today: every parameter of every tiny model is reached.
+NO_GRADIENT_ALLOWED: dict = {}
+
+
+def _inputs(name: str, model, batch: int = 2) -> torch.Tensor:
+    if vargen.get_entry(name).trains_on == "tokens":
+        return _tokens(model, batch)
+    size = getattr(model, "downsample", 8) * 4
+    return torch.rand(batch, 3, size, size) * 2 - 1
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_training_loss_reaches_every_parameter(name):
+    """The training contract on every tiny model: ``training_loss(inputs, labels) -> (loss, logs)``
+    with a gradient for every parameter (zero-initialised heads perturbed first, or nothing
+    upstream of them would get one)."""
+    torch.manual_seed(0)
+    model = vargen.create_model(name).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.normal_(std=0.02)
+    loss, logs = model.training_loss(_inputs(name, model), torch.tensor([0, 1]))
+    assert loss.ndim == 0 and torch.isfinite(loss) and isinstance(logs, dict)
+    assert all(isinstance(v, float) for v in logs.values()), logs
+    loss.backward()
+    allowed = NO_GRADIENT_ALLOWED.get(name, {})
+    without = sorted(n for n, p in model.named_parameters()
+                     if p.requires_grad and (p.grad is None or not p.grad.any()) and n not in allowed)
+    assert not without, f"{name}: no gradient reaches {without}"
+
+
 @pytest.mark.parametrize("name", [n for n in TINY if vargen.get_entry(n).kind == "generator"])
 def test_generator_forward_backward_generate(name):
     model = vargen.create_model(name)
     labels = torch.tensor([0, 1])
     loss = model.loss(_tokens(model, 2), labels)
     assert loss.ndim == 0 and torch.isfinite(loss)
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert any(g is not None and g.abs().sum() > 0 for g in grads)
     sampler = create_sampler(model.default_sampler)
     out = sampler(model.eval(), labels, vargen.SampleRNG(0, 2))
     assert tuple(out.shape) == (2, *model.token_shape)
@@ -38,14 +68,10 @@ def test_generator_forward_backward_generate(name):
 
 
 @pytest.mark.parametrize("name", [n for n in TINY if vargen.get_entry(n).kind == "tokenizer"])
-def test_tokenizer_forward_backward_round_trip(name):
-    model = vargen.create_model(name)
+def test_tokenizer_round_trip(name):
+    model = vargen.create_model(name).eval()
     size = model.downsample * 4
     images = torch.rand(2, 3, size, size) * 2 - 1
-    loss, logs = model.loss(images)
-    assert torch.isfinite(loss) and isinstance(logs, dict)
-    loss.backward()
-    model.eval()
     with torch.no_grad():
         tokens = model.encode(images)
         decoded = model.decode(tokens)
@@ -57,10 +83,7 @@ def test_tokenizer_forward_backward_round_trip(name):
 
 
 @pytest.mark.parametrize("name", [n for n in TINY if vargen.get_entry(n).kind == "classifier"])
-def test_classifier_forward_backward(name):
+def test_classifier_predicts(name):
     model = vargen.create_model(name)
-    images, labels = torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 3])
-    loss = model.loss(images, labels)
-    loss.backward()
-    assert torch.isfinite(loss)
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
     assert model.eval().predict(images).shape == (4,)
