@@ -80,7 +80,7 @@ def train_mnist_model(vocab: int, seconds: float, dim: int = 64, layers: int = 3
 
 def run(sampler, model, labels, seed: int, batch: int) -> dict:
     """Sample ``labels`` in chunks of ``batch``; sample i always uses generator (seed, i)."""
-    n = model.grid_shape[0] * model.grid_shape[1]
+    n = model.token_grid[0] * model.token_grid[1]
     tokens, passes, per_sample = [], 0, []
     start = time.perf_counter()
     for lo in range(0, len(labels), batch):
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
           "mean of each sample's own count; tok/fwd: tokens per forward per sample")
     print(f"{'sampler':18s} {'fwd':>6s} {'fewer x':>8s} {'per sample':>10s} {'tok/fwd':>8s} "
           f"{'seconds':>8s} {'speedup':>8s}")
-    n = model.grid_shape[0] * model.grid_shape[1]
+    n = model.token_grid[0] * model.token_grid[1]
     table = {}
     for title, r in rows.items():
         mean_fwd = sum(r["per_sample"]) / len(r["per_sample"])

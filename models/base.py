@@ -13,15 +13,23 @@ class Generator(VargenModule):
     """Base of the class-conditional generators.
 
     Subclasses set ``default_sampler`` (a ``vargen.samplers`` name), ``is_discrete`` and a
-    ``token_shape`` property (``(h, w)`` / ``(T, H, W)`` ids or ``(C, h, w)`` latents). The class
-    index ``num_classes`` is the null class used for classifier-free guidance.
+    ``token_grid`` property: the grid of token positions, ``(h, w)`` or ``(T, H, W)``. One
+    sample's tokens are ``token_shape``: the grid of ids, or ``(C, *token_grid)`` latents. The
+    class index ``num_classes`` is the null class used for classifier-free guidance.
     """
 
     kind = "generator"
     trains_on = "tokens"  # vargen train feeds token grids (ids or latents) of a tokenizer
-    default_sampler: str = "raster"
-    samplers: tuple = ("raster",)  # the vargen.samplers names that can drive this model
+    default_sampler: str = "raster"  # which samplers can drive it: their capabilities say
     is_discrete: bool = True
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def check_labels(self, labels: torch.Tensor, allow_null: bool = True) -> None:
+        """Integer class ids in ``[0, num_classes)`` (``num_classes`` too if ``allow_null``)."""
+        self.cls_embedding.check(labels, allow_null=allow_null)
 
     @property
     def num_classes(self) -> int:
@@ -30,6 +38,15 @@ class Generator(VargenModule):
     @property
     def null_class(self) -> int:
         return self.config.num_classes
+
+    @property
+    def token_grid(self) -> tuple:
+        raise NotImplementedError
+
+    @property
+    def token_shape(self) -> tuple:
+        """Shape of one sample's tokens: ``token_grid`` ids or ``(C, *token_grid)`` latents."""
+        return tuple(self.token_grid) if self.is_discrete else (self.latent_channels, *self.token_grid)
 
     @property
     def vocab_size(self) -> int:

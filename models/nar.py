@@ -24,14 +24,14 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath
 
 from vargen.hub import WeightsError
-from vargen.nn import RMSNorm, swiglu_hidden_dim
+from vargen.nn import RMSNorm
 from vargen.registry import Weights, register_model
 from vargen.training.recipes import NAR as NAR_RECIPE
 
-from .llamagen import LlamaGen, LlamaGenConfig
+from .llama import LlamaTrunk
+from .llamagen import LlamaGenConfig
 
 Offsets = Tuple[Tuple[int, ...], ...]
 
@@ -114,11 +114,11 @@ def diagonal_schedule(shape: Sequence[int], offsets: Offsets) -> List[DiagonalSt
 class NeighborHeads:
     """Training forward and diagonal-decoding hooks shared by the image and video NAR models.
 
-    A subclass has ``layers`` (the trunk followed by one extra block per additional head),
-    ``config.n_layer``, ``neighbor_offsets`` (grid offset predicted by each head),
-    ``token_shape``, ``head_modules()`` -> ``[(norm, linear)]`` in head order, and
-    ``_embed_block(tokens, labels, positions)`` -> ``(h, rope)`` for sequence ``positions``.
-    Head k reads the hidden state after block ``n_layer - 1 + k``.
+    The subclass is a :class:`vargen.models.llama.LlamaTrunk` whose ``layers`` are the trunk
+    followed by one extra block per additional head; it sets ``neighbor_offsets`` (the grid
+    offset each head predicts) and ``head_modules()`` -> ``[(norm, linear)]`` in head order.
+    Head k reads the hidden state after block ``n_layer - 1 + k``. Its decode contract is its
+    own (per-head features and logits), not LlamaGen's next-token ``decode``.
     """
 
     neighbor_offsets: Offsets
@@ -157,14 +157,14 @@ class NeighborHeads:
         return out
 
     def neighbor_schedule(self) -> List[DiagonalStep]:
-        key = tuple(self.token_shape)
+        key = tuple(self.token_grid)
         cached = getattr(self, "_schedule", None)
         if cached is None or cached[0] != key:
             self._schedule = (key, diagonal_schedule(key, self.neighbor_offsets))
         return self._schedule[1]
 
     def attention_mask(self) -> torch.Tensor:
-        return proximity_mask(self.token_shape, self.config.cls_token_num)
+        return proximity_mask(self.token_grid, self.config.cls_token_num)
 
     # ----------------------------------------------------------------------------- training
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -172,10 +172,10 @@ class NeighborHeads:
         tokens = self.check_tokens(tokens)  # [B, N]
         cls = self.config.cls_token_num
         positions = torch.arange(cls + tokens.shape[1], device=tokens.device)
-        h, rope = self._embed_block(tokens, labels, positions)  # [B, cls + N, dim]
+        h, rope = self.embed_block(tokens, labels, positions)  # [B, cls + N, dim]
         feats = self.neighbor_features(h, rope, self.attention_mask().to(h.device))
         logits = self.head_logits(feats[:, cls - 1:])  # [B, 1 + N, K, V]; index 0 = last cond
-        src, weight = neighbor_sources(self.token_shape, self.neighbor_offsets)
+        src, weight = neighbor_sources(self.token_grid, self.neighbor_offsets)
         src, weight = src.to(h.device), weight.to(logits.device)
         picked = logits[:, src, torch.arange(self.num_heads, device=h.device)]  # [B, N, K, V]
         return (picked * weight[None, :, :, None]).sum(2)
@@ -189,10 +189,10 @@ class NeighborHeads:
     def prefill_features(self, labels: torch.Tensor) -> torch.Tensor:
         """Feed the condition; per-head features ``[B, 1, K, dim]`` of its last token."""
         cls = self.config.cls_token_num
-        h, rope = self._embed_block(None, labels, torch.arange(cls, device=labels.device))
+        h, rope = self.embed_block(None, labels, torch.arange(cls, device=labels.device))
         return self.neighbor_features(h, rope, None)[:, -1:]
 
-    def prefill(self, labels: torch.Tensor) -> torch.Tensor:
+    def prefill_logits(self, labels: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, V]`` of the first code: the mean of all heads at the condition token."""
         feats = self.prefill_features(labels)
         return self.neighbor_logits(feats / self.num_heads)[:, 0]
@@ -207,11 +207,11 @@ class NeighborHeads:
         if mask is None:
             mask = torch.ones(tokens.shape[1], self.cache_length + tokens.shape[1],
                               dtype=torch.bool, device=tokens.device)
-        h, rope = self._embed_block(tokens, None, positions + self.config.cls_token_num)
+        h, rope = self.embed_block(tokens, None, positions + self.config.cls_token_num)
         return self.neighbor_features(h, rope, mask)
 
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor,
-               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def decode_head_logits(self, tokens: torch.Tensor, positions: torch.Tensor,
+                           mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """As :meth:`decode_features`, projected: per-head logits ``[B, T, K, V]``.
 
         Head k at row t predicts the cell ``positions[t] + neighbor_offsets[k]``.
@@ -225,23 +225,25 @@ class NARConfig(LlamaGenConfig):
     """LlamaGen's config; NAR adds exactly one block (``medusa_attention_num = 1`` upstream)."""
 
 
-class NAR(NeighborHeads, LlamaGen):
-    """LlamaGen trunk + right head (``norm``/``output``) + extra block with below head (``medusa_*``)."""
+class NAR(NeighborHeads, LlamaTrunk):
+    """Llama trunk + right head (``norm``/``output``) + extra block with below head (``medusa_*``)."""
 
     config_class = NARConfig
     default_sampler = "neighbor"
-    samplers = ("neighbor",)  # decode() returns per-head logits: raster/SJD loops do not apply
     neighbor_offsets: Offsets = ((0, 1), (1, 0))  # right, below
 
     def __init__(self, config: NARConfig):
-        super().__init__(config)
         c = config
-        extra = self._block(swiglu_hidden_dim(c.dim, c.multiple_of, c.ffn_dim_multiplier))
+        # Upstream spreads the drop-path rates over n_layer + 1 blocks.
+        rates = (torch.linspace(0, c.drop_path_rate, c.n_layer + 1).tolist() if c.drop_path_rate > 0
+                 else [0.0] * (c.n_layer + 1))
+        super().__init__(config, rates[:-1])
+        self.norm = RMSNorm(c.dim, c.norm_eps)
+        self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.init_positions()
+        self.initialize_weights(zero=[self.output])
+        extra = self.block(rates[-1])
         self.layers.append(extra)  # key layers.{n_layer}
-        if c.drop_path_rate > 0:  # upstream spreads the rates over n_layer + 1 blocks
-            rates = torch.linspace(0, c.drop_path_rate, c.n_layer + 1).tolist()
-            for block, rate in zip(self.layers, rates):
-                block.drop_path = DropPath(rate) if rate > 0 else nn.Identity()
         self.medusa_norm = RMSNorm(c.dim, c.norm_eps)
         self.medusa_output = nn.Linear(c.dim, c.vocab_size, bias=False)
         # Upstream zero-inits only ``output``; the extra block and medusa_output are N(0, std).
@@ -251,10 +253,6 @@ class NAR(NeighborHeads, LlamaGen):
 
     def head_modules(self) -> List[Tuple[nn.Module, nn.Linear]]:
         return [(self.norm, self.output), (self.medusa_norm, self.medusa_output)]
-
-    def _embed_block(self, tokens: Optional[torch.Tensor], labels: Optional[torch.Tensor],
-                     positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.embed(tokens, labels), self._rope_rows(positions)
 
 
 def convert_nar_checkpoint(state: dict) -> dict:

@@ -109,7 +109,6 @@ class XARBlock(nn.Module):
 class XAR(Generator):
     config_class = XARConfig
     default_sampler = "flow"
-    samplers = ("flow",)
     is_discrete = False
 
     def __init__(self, config: XARConfig):
@@ -159,13 +158,8 @@ class XAR(Generator):
         return self.config.latent_channels
 
     @property
-    def grid_shape(self) -> tuple:
+    def token_grid(self) -> tuple:
         return (self.config.grid_size, self.config.grid_size)
-
-    @property
-    def token_shape(self) -> tuple:
-        """Shape of one sample's tokens: ``(C, h, w)`` latents."""
-        return (self.config.latent_channels, *self.grid_shape)
 
     def check_latents(self, latents: torch.Tensor) -> None:
         if not torch.is_floating_point(latents):

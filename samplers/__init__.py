@@ -6,12 +6,18 @@
     neighbor  NAR's diagonal-by-diagonal decoding (2n-1 passes)
     flow      Euler-Maruyama SDE / Euler / Heun over continuous entities (xAR)
     token-flow  raster decoding with a per-token flow head (Ming-UniVision)
+
+Each declares the model capability it drives (:mod:`vargen.samplers.capabilities`), checked
+when it meets a model; the shared steps are :class:`Sampler`'s ``__call__``, guidance is
+:class:`Guidance`. A new sampler is a new file (its protocol, a ``Sampler`` subclass with a
+``sample`` method) plus one ``register_sampler`` line here; no model file changes.
 """
 from typing import Dict, Type
 
 from .base import Sampler
 from .flow import FlowSampler
-from .logits import LogitsProcessor, cfg_labels
+from .guidance import Guidance, cfg_labels
+from .logits import LogitsFilter, LogitsProcessor
 from .neighbor import NeighborSampler
 from .raster import RasterSampler
 from .speculative import GSDSampler, SJDSampler
@@ -43,5 +49,6 @@ def create_sampler(name: str, **options) -> Sampler:
     return SAMPLERS[name](**options)
 
 
-__all__ = ["Sampler", "LogitsProcessor", "cfg_labels", "RasterSampler", "SJDSampler", "GSDSampler",
-           "NeighborSampler", "FlowSampler", "TokenFlowSampler", "SAMPLERS", "register_sampler", "create_sampler"]
+__all__ = ["Sampler", "Guidance", "LogitsFilter", "LogitsProcessor", "cfg_labels", "RasterSampler", "SJDSampler", "GSDSampler",
+           "NeighborSampler", "FlowSampler", "TokenFlowSampler",
+           "SAMPLERS", "register_sampler", "create_sampler"]

@@ -1,28 +1,42 @@
-"""What every sampler shares: one call signature for all models, and forward-pass counting.
+"""The sampler skeleton: one call signature for all models, the shared steps written once.
 
-``sampler(model, labels, rng) -> tokens`` where ``tokens`` is ``[B, h, w]`` ids (discrete
-generators) or ``[B, C, h, w]`` latents (continuous ones), and ``sampler.stats`` afterwards
-holds at least ``forward_passes`` (generator calls, a CFG-doubled batch counting once).
+``sampler(model, labels, rng) -> tokens`` where ``tokens`` is ``[B, *token_grid]`` ids (discrete
+generators) or ``[B, C, *token_grid]`` latents (continuous ones), and ``sampler.stats``
+afterwards holds at least ``forward_passes`` (generator calls, a CFG-doubled batch counting
+once). ``__call__`` checks that the model has the sampler's ``capability`` and that the labels
+and generators fit, moves the labels to the model's device, runs :meth:`Sampler.sample` without
+gradients, and clears the model's KV cache however sampling ends.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from vargen.seeding import SampleRNG
 
+from .capabilities import Conditional, require
 from .logits import LogitsProcessor
 
 
 class Sampler:
     name = "base"
+    capability: type = Conditional  # the protocol (samplers/capabilities.py) this sampler drives
 
     def __init__(self) -> None:
         self.stats: Dict[str, Any] = {}
 
-    def __call__(self, model: torch.nn.Module, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+    @torch.no_grad()
+    def __call__(self, model: Any, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+        labels = self.check_labels(model, labels, rng).to(model.device)
+        try:
+            return self.sample(model, labels, rng)
+        finally:
+            model.clear_cache()
+
+    def sample(self, model: Any, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+        """The loop: ``labels [B]`` (checked, on the model's device) -> tokens; sets ``stats``."""
         raise NotImplementedError
 
     @classmethod
@@ -38,18 +52,16 @@ class Sampler:
                 break
         return names
 
-    def check_labels(self, model: torch.nn.Module, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+    def check_labels(self, model: Any, labels: torch.Tensor, rng: SampleRNG,
+                     capability: Optional[type] = None) -> torch.Tensor:
         """Check that this sampler can drive ``model`` and that ``labels``/``rng`` fit; ``[B]`` long."""
-        supported = getattr(model, "samplers", None)  # None: a duck-typed model (e.g. in tests)
-        if supported is not None and self.name not in supported:
-            raise TypeError(f"the {self.name!r} sampler cannot drive {type(model).__name__}; "
-                            f"it supports {list(supported)}")
+        require(model, capability or self.capability, self.name)
         labels = torch.as_tensor(labels)
         if labels.dim() != 1 or labels.dtype not in (torch.int64, torch.int32):
             # Never truncate float ids or flatten a 2-D batch: either is a caller's mistake.
             raise ValueError(f"class_labels must be integer class ids of shape [B], got dtype "
                              f"{labels.dtype} shape {tuple(labels.shape)}")
-        model.cls_embedding.check(labels, allow_null=False)
+        model.check_labels(labels, allow_null=False)
         if len(rng) != labels.shape[0]:
             raise ValueError(f"{len(rng)} per-sample generators for {labels.shape[0]} labels")
         return labels.long()

@@ -31,7 +31,8 @@ import torch
 from vargen.seeding import SampleRNG
 
 from .base import Sampler
-from .logits import LogitsProcessor, cfg_labels
+from .capabilities import EntityFlow
+from .guidance import Guidance, cfg_labels
 
 METHODS = ("sde", "euler", "heun")
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
@@ -86,6 +87,7 @@ class FlowSampler(Sampler):
     """
 
     name = "flow"
+    capability = EntityFlow
 
     def __init__(self, num_steps: int = 40, method: str = "sde", cfg_scale: float = 1.0,
                  cfg_schedule: str = "linear", t_min: float = 0.04):
@@ -97,13 +99,9 @@ class FlowSampler(Sampler):
         if method == "sde" and not 0.0 < t_min < 1.0:
             raise ValueError(f"t_min must be in (0, 1), got {t_min}")
         self.num_steps, self.method, self.t_min = num_steps, method, t_min
-        # Only the guidance schedule and the cond/uncond combination of the processor are used.
-        self.guidance = LogitsProcessor(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule)
+        self.guidance = Guidance(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule)
 
-    @torch.no_grad()
-    def __call__(self, model, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
-        labels = self.check_labels(model, labels, rng)
-        labels = labels.to(next(iter(model.parameters()), labels).device)
+    def sample(self, model: EntityFlow, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
         device = labels.device
         part = model.partition
         n_ent, b, channels = part.num_entities, labels.shape[0], model.latent_channels
@@ -116,35 +114,30 @@ class FlowSampler(Sampler):
         ts = flow_timesteps(self.method, self.num_steps, self.t_min)
         calls, rows_tokens = 0, 0
         entities: List[torch.Tensor] = []
-        try:
-            for e in range(n_ent):
-                size, scale = part.sizes[e], scales[e]
-                doubled = scale != 1.0 or (e > 0 and doubled_context)
-                if e == 1:
-                    model.setup_cache(2 * b if doubled_context else b)
-                pending = None
-                if e > 0:
-                    pending = entities[-1].repeat(2, 1, 1) if doubled else entities[-1]
+        for e in range(n_ent):
+            size, scale = part.sizes[e], scales[e]
+            doubled = scale != 1.0 or (e > 0 and doubled_context)
+            if e == 1:
+                model.setup_cache(2 * b if doubled_context else b)
+            pending = None
+            if e > 0:
+                pending = entities[-1].repeat(2, 1, 1) if doubled else entities[-1]
 
-                def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-                    nonlocal pending, calls, rows_tokens
-                    x_in = x.repeat(2, 1, 1) if doubled else x
-                    context, pending = pending, None  # committed with the first evaluation only
-                    v = model.velocity(x_in.float(), t, both if doubled else labels, e,
-                                       context=None if context is None else context.float())
-                    calls += 1
-                    fed = x_in.shape[1] + (0 if context is None else context.shape[1])
-                    rows_tokens += x_in.shape[0] * fed
-                    if doubled:
-                        cond, uncond = v.double().chunk(2)
-                        return uncond + scale * (cond - uncond)
-                    return v.double()
+            def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+                nonlocal pending, calls, rows_tokens
+                x_in = x.repeat(2, 1, 1) if doubled else x
+                context, pending = pending, None  # committed with the first evaluation only
+                v = model.velocity(x_in.float(), t, both if doubled else labels, e,
+                                   context=None if context is None else context.float())
+                calls += 1
+                fed = x_in.shape[1] + (0 if context is None else context.shape[1])
+                rows_tokens += x_in.shape[0] * fed
+                # float64 guidance on the velocity (= the official guidance on the drift)
+                return self.guidance.mix(v.double(), scale) if doubled else v.double()
 
-                x0 = rng.randn(size, channels).to(device, torch.float64)
-                entities.append(integrate(self.method, velocity, x0, ts,
-                                          lambda: rng.randn(size, channels).to(device, torch.float64)))
-        finally:
-            model.clear_cache()
+            x0 = rng.randn(size, channels).to(device, torch.float64)
+            entities.append(integrate(self.method, velocity, x0, ts,
+                                      lambda: rng.randn(size, channels).to(device, torch.float64)))
         self.stats = {"forward_passes": calls, "tokens_per_image": rows_tokens / b,
                       "cfg_scales": scales}
         return part.to_grid(torch.cat(entities, dim=1).float())

@@ -24,7 +24,7 @@ import torch
 from vargen.seeding import SampleRNG, sample_from_probs
 
 from .base import DiscreteSampler
-from .logits import cfg_labels
+from .capabilities import NeighborDecoding
 
 # choose(logits [B, M, V] guided, step index) -> ids [B, M]
 Chooser = Callable[[torch.Tensor, int], torch.Tensor]
@@ -32,22 +32,21 @@ Chooser = Callable[[torch.Tensor, int], torch.Tensor]
 
 class NeighborSampler(DiscreteSampler):
     name = "neighbor"
+    capability = NeighborDecoding
 
-    @torch.no_grad()
-    def __call__(self, model, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
-        """Sample ``[B, *model.token_shape]`` ids for class ``labels [B]``."""
-        labels = self.check_labels(model, labels, rng)
-
+    def sample(self, model: NeighborDecoding, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+        """Sample ``[B, *model.token_grid]`` ids for class ``labels [B]``."""
         def choose(logits: torch.Tensor, step: int) -> torch.Tensor:
             probs = self.logits.filter(logits).softmax(-1)
             uniform = rng.rand(logits.shape[1]).to(probs.device)  # [B, M]
             return sample_from_probs(probs, uniform)
 
         tokens = self.run(model, labels, choose)
-        return tokens.view(-1, *model.token_shape)
+        return tokens.view(-1, *model.token_grid)
 
     @torch.no_grad()
-    def teacher_forced_logits(self, model, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def teacher_forced_logits(self, model: NeighborDecoding, tokens: torch.Tensor,
+                              labels: torch.Tensor) -> torch.Tensor:
         """Guided logits ``[B, N, V]`` (raster order) the cached loop produces when it is fed
         ``tokens`` instead of samples; for checking the loop against a full masked forward."""
         tokens = model.check_tokens(tokens)
@@ -59,43 +58,34 @@ class NeighborSampler(DiscreteSampler):
             out[:, targets] = logits
             return tokens[:, targets]
 
-        self.run(model, torch.as_tensor(labels).long().to(tokens.device), choose)
+        try:
+            self.run(model, torch.as_tensor(labels).long().to(tokens.device), choose)
+        finally:
+            model.clear_cache()
         return out
 
-    def run(self, model, labels: torch.Tensor, choose: Chooser) -> torch.Tensor:
+    def run(self, model: NeighborDecoding, labels: torch.Tensor, choose: Chooser) -> torch.Tensor:
         """The diagonal loop; ``choose`` turns each step's guided logits into ids. ``[B, N]``."""
-        device = next(model.parameters()).device
+        device = model.device
         labels = labels.to(device)
         schedule = [tuple(t if t is None else t.to(device) for t in step)
                     for step in model.neighbor_schedule()]
         n = sum(step[1].numel() for step in schedule)
         heads = torch.arange(model.num_heads, device=device)
-        cfg = self.logits.uses_cfg
-        cond = cfg_labels(labels, model.null_class) if cfg else labels
+        cond = self.logits.labels(labels, model.null_class)
         tokens = torch.empty(labels.shape[0], n, dtype=torch.long, device=device)
         model.setup_cache(cond.shape[0])
-        try:
-            done = 0
-            for i, (fed, targets, src, weight) in enumerate(schedule):
-                if fed is None:
-                    feats = model.prefill_features(cond)  # [B', 1, K, dim]
-                else:
-                    block = tokens[:, fed]
-                    feats = model.decode_features(block.repeat(2, 1) if cfg else block, fed)
-                feats = self._guide(feats, done, n)  # [B, T, K, dim]
-                mixed = feats[:, src, heads] * weight[None, :, :, None].to(feats.dtype)
-                logits = model.neighbor_logits(mixed)  # [B, M, V]
-                tokens[:, targets] = choose(logits, i)
-                done += targets.numel()
-        finally:
-            model.clear_cache()
+        done = 0
+        for i, (fed, targets, src, weight) in enumerate(schedule):
+            if fed is None:
+                feats = model.prefill_features(cond)  # [B', 1, K, dim]
+            else:
+                feats = model.decode_features(self.logits.double(tokens[:, fed]), fed)
+            # CFG on the features: [2B, ...] -> [B, ...] (NAR's lerp)
+            feats = self.logits.combine(feats, done, n, rule="lerp")  # [B, T, K, dim]
+            mixed = feats[:, src, heads] * weight[None, :, :, None].to(feats.dtype)
+            logits = model.neighbor_logits(mixed)  # [B, M, V]
+            tokens[:, targets] = choose(logits, i)
+            done += targets.numel()
         self.stats = {"forward_passes": len(schedule)}
         return tokens
-
-    def _guide(self, feats: torch.Tensor, done: int, total: int) -> torch.Tensor:
-        """CFG on features: ``[2B, ...]`` -> ``[B, ...]`` (identity without CFG)."""
-        if not self.logits.uses_cfg:
-            return feats
-        cond, uncond = feats.chunk(2, dim=0)
-        scale = self.logits.guidance(done, total)
-        return cond if scale == 1.0 else torch.lerp(uncond, cond, scale)

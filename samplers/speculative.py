@@ -19,10 +19,9 @@ copy of the token to the left (official LlamaGen default ``repeat_horizon``). Th
 speculative sampling, so SJD's output distribution equals plain raster sampling under the same
 ``LogitsProcessor``.
 
-Model contract: ``grid_shape``, ``null_class``, ``setup_cache(batch, max_len)``, ``prefill(labels)``,
-``decode(tokens [B, T], positions [B, T])`` (causal inside the block, per-row positions),
-``truncate_cache(lengths [B])`` (per-row), ``cache_length``, ``clear_cache()``; GSD also reads
-``tok_embeddings`` unless a codebook is passed.
+Model capability: :class:`SpeculativeDecoding` (``decode(tokens [B, T], positions [B, T])``
+causal inside the block with per-row positions, ``truncate_cache(lengths [B])`` per row); GSD
+also needs :class:`TokenEmbedding` unless a codebook is passed.
 
 Batches: every sample advances by its own accepted length (the official code commits the minimum
 over the batch); the KV cache keeps per-row lengths. Every random number of sample i comes from
@@ -44,7 +43,7 @@ import torch
 from vargen.seeding import SampleRNG, sample_from_probs
 
 from .base import DiscreteSampler
-from .logits import cfg_labels
+from .capabilities import SpeculativeDecoding, TokenEmbedding, require
 
 DRAFT_INITS = ("random", "copy-left", "copy-previous")
 
@@ -65,6 +64,7 @@ class SJDSampler(DiscreteSampler):
     """
 
     name = "sjd"
+    capability = SpeculativeDecoding
 
     def __init__(self, window: int = 16, init: str = "random", warmup: int = 1, tail: int = 0,
                  **logits_options):
@@ -114,89 +114,81 @@ class SJDSampler(DiscreteSampler):
             onehot = torch.nn.functional.one_hot(token, vocab).to(q.dtype)
             q[:, s] = torch.where(new[:, None], onehot, q[:, s])
 
-    @torch.no_grad()
-    def __call__(self, model, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
-        labels = self.check_labels(model, labels, rng).to(model.output.weight.device)
+    def sample(self, model: SpeculativeDecoding, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
         device = labels.device
-        h, w = model.grid_shape
+        h, w = model.token_grid
         total, bsz, slots = h * w, labels.shape[0], self.window - 1
-        cfg = self.logits.uses_cfg
-        cond = cfg_labels(labels, model.null_class) if cfg else labels
-        prefix = getattr(model.config, "cls_token_num", 1)
-        model.setup_cache(cond.shape[0], max_len=prefix + total + self.window)  # room for padded rows
+        cond = self.logits.labels(labels, model.null_class)
+        model.setup_cache(cond.shape[0], max_len=model.max_cache_len + self.window)  # room for padded rows
         self.prepare(model)
         tokens = torch.zeros(bsz, total, dtype=torch.long, device=device)
         rows = torch.arange(bsz, device=device)
         forwards = torch.ones(bsz, dtype=torch.long)
         accepted = torch.zeros(bsz, dtype=torch.long)
         passes = 1
-        try:
-            first = self.logits.probs(model.prefill(cond), 0, total)  # [B, V]
-            vocab = first.shape[-1]
-            tokens[:, 0] = sample_from_probs(first, rng.rand(1)[:, 0].to(device))
-            base = model.cache_length  # condition tokens
-            n = torch.ones(bsz, dtype=torch.long, device=device)  # committed tokens per sample
-            drafts = torch.zeros(bsz, max(slots, 1), dtype=torch.long, device=device)
-            q = torch.zeros(bsz, max(slots, 1), vocab, device=device)
-            kept = torch.zeros(bsz, dtype=torch.long, device=device)  # carried drafts per sample
-            while bool((n < total).any()):
-                size = self._window_lengths(n, total)  # [B]
-                active = (size > 0).nonzero()[:, 0]
-                t = int(size.max())
-                # one fixed block of uniforms per active sample: init | accept | sample
-                u = torch.zeros(bsz, 3 * slots + 1, device=device)
-                u[active] = rng.subset(active.tolist()).rand(3 * slots + 1).to(device)
-                u_init, u_acc, u_tok = u[:, :slots], u[:, slots:2 * slots], u[:, 2 * slots:]
-                last = tokens[rows, (n - 1).clamp(max=total - 1)]
-                if slots:
-                    self._top_up(drafts, q, kept, n, last, u_init, w, vocab)
+        first = self.logits.probs(model.prefill(cond), 0, total)  # [B, V]
+        vocab = first.shape[-1]
+        tokens[:, 0] = sample_from_probs(first, rng.rand(1)[:, 0].to(device))
+        base = model.cache_length  # condition tokens
+        n = torch.ones(bsz, dtype=torch.long, device=device)  # committed tokens per sample
+        drafts = torch.zeros(bsz, max(slots, 1), dtype=torch.long, device=device)
+        q = torch.zeros(bsz, max(slots, 1), vocab, device=device)
+        kept = torch.zeros(bsz, dtype=torch.long, device=device)  # carried drafts per sample
+        while bool((n < total).any()):
+            size = self._window_lengths(n, total)  # [B]
+            active = (size > 0).nonzero()[:, 0]
+            t = int(size.max())
+            # one fixed block of uniforms per active sample: init | accept | sample
+            u = torch.zeros(bsz, 3 * slots + 1, device=device)
+            u[active] = rng.subset(active.tolist()).rand(3 * slots + 1).to(device)
+            u_init, u_acc, u_tok = u[:, :slots], u[:, slots:2 * slots], u[:, 2 * slots:]
+            last = tokens[rows, (n - 1).clamp(max=total - 1)]
+            if slots:
+                self._top_up(drafts, q, kept, n, last, u_init, w, vocab)
 
-                # one forward over [last committed, drafts]; padded rows are cut off below
-                block = torch.cat([last[:, None], drafts[:, :t - 1]], dim=1)  # [B, t]
-                positions = ((n - 1)[:, None] + torch.arange(t, device=device)).clamp(max=total - 1)
-                if cfg:
-                    block, positions = block.repeat(2, 1), positions.repeat(2, 1)
-                logits = model.decode(block, positions)  # [B', t, V]
-                passes += 1
-                forwards += (size > 0).long().cpu()
-                done = (n[:, None] + torch.arange(t, device=device)).clamp(max=total - 1)
-                p = self.logits.probs(logits, done, total)  # [B, t, V]; row j predicts n + j
+            # one forward over [last committed, drafts]; padded rows are cut off below
+            block = torch.cat([last[:, None], drafts[:, :t - 1]], dim=1)  # [B, t]
+            positions = ((n - 1)[:, None] + torch.arange(t, device=device)).clamp(max=total - 1)
+            block, positions = self.logits.double(block), self.logits.double(positions)
+            logits = model.decode(block, positions)  # [B', t, V]
+            passes += 1
+            forwards += (size > 0).long().cpu()
+            done = (n[:, None] + torch.arange(t, device=device)).clamp(max=total - 1)
+            p = self.logits.probs(logits, done, total)  # [B, t, V]; row j predicts n + j
 
-                # verify drafts in order; a = accepted prefix length per sample
-                ok = torch.zeros(bsz, 0, dtype=torch.bool, device=device)
-                if t > 1:
-                    ratio = self.acceptance(p[:, :t - 1], q[:, :t - 1], drafts[:, :t - 1])
-                    inside = torch.arange(t - 1, device=device) < (size - 1)[:, None]
-                    ok = (u_acc[:, :t - 1] < ratio) & inside
-                a = ok.long().cumprod(1).sum(1)  # [B]
-                rejected = a < size - 1
-                # the token after the accepted prefix: residual at a rejection, else the bonus
-                p_a = p[rows, a.clamp(max=t - 1)]
-                if t > 1:
-                    q_a = q[rows, a.clamp(max=t - 2)]
-                    p_a = torch.where(rejected[:, None], self.residual(p_a, q_a), p_a)
-                token = sample_from_probs(p_a, u_tok[rows, a])
+            # verify drafts in order; a = accepted prefix length per sample
+            ok = torch.zeros(bsz, 0, dtype=torch.bool, device=device)
+            if t > 1:
+                ratio = self.acceptance(p[:, :t - 1], q[:, :t - 1], drafts[:, :t - 1])
+                inside = torch.arange(t - 1, device=device) < (size - 1)[:, None]
+                ok = (u_acc[:, :t - 1] < ratio) & inside
+            a = ok.long().cumprod(1).sum(1)  # [B]
+            rejected = a < size - 1
+            # the token after the accepted prefix: residual at a rejection, else the bonus
+            p_a = p[rows, a.clamp(max=t - 1)]
+            if t > 1:
+                q_a = q[rows, a.clamp(max=t - 2)]
+                p_a = torch.where(rejected[:, None], self.residual(p_a, q_a), p_a)
+            token = sample_from_probs(p_a, u_tok[rows, a])
 
-                # commit per sample (rows with size 0 are finished and stay untouched)
-                live = size > 0
-                for b in live.nonzero()[:, 0].tolist():
-                    nb, ab = int(n[b]), int(a[b])
-                    tokens[b, nb:nb + ab] = drafts[b, :ab]
-                    tokens[b, nb + ab] = token[b]
-                # carry the target samples made after the rejection as next drafts (q = their p)
-                if slots:
-                    y = sample_from_probs(p, u_tok[:, :t])  # [B, t]
-                    src = (a[:, None] + 1 + torch.arange(slots, device=device)).clamp(max=t - 1)
-                    carried = torch.where(rejected, size - 1 - a, torch.zeros_like(a))
-                    drafts = torch.where(live[:, None], y.gather(1, src), drafts)
-                    q = torch.where(live[:, None, None], p.gather(1, src[..., None].expand(-1, -1, vocab)), q)
-                    kept = torch.where(live, carried, kept)
-                accepted += torch.where(live, a, torch.zeros_like(a)).cpu()
-                n = n + torch.where(live, a + 1, torch.zeros_like(a))
-                lengths = base + n - 1
-                model.truncate_cache(lengths.repeat(2) if cfg else lengths)
-        finally:
-            model.clear_cache()
+            # commit per sample (rows with size 0 are finished and stay untouched)
+            live = size > 0
+            for b in live.nonzero()[:, 0].tolist():
+                nb, ab = int(n[b]), int(a[b])
+                tokens[b, nb:nb + ab] = drafts[b, :ab]
+                tokens[b, nb + ab] = token[b]
+            # carry the target samples made after the rejection as next drafts (q = their p)
+            if slots:
+                y = sample_from_probs(p, u_tok[:, :t])  # [B, t]
+                src = (a[:, None] + 1 + torch.arange(slots, device=device)).clamp(max=t - 1)
+                carried = torch.where(rejected, size - 1 - a, torch.zeros_like(a))
+                drafts = torch.where(live[:, None], y.gather(1, src), drafts)
+                q = torch.where(live[:, None, None], p.gather(1, src[..., None].expand(-1, -1, vocab)), q)
+                kept = torch.where(live, carried, kept)
+            accepted += torch.where(live, a, torch.zeros_like(a)).cpu()
+            n = n + torch.where(live, a + 1, torch.zeros_like(a))
+            lengths = base + n - 1
+            model.truncate_cache(self.logits.double(lengths))
         self.stats = {
             "forward_passes": passes,
             "per_sample_forward_passes": forwards.tolist(),
@@ -228,7 +220,7 @@ class GSDSampler(SJDSampler):
         group_size: G, ranks considered around the draft (14 = released code; paper 25 or 50).
         p_threshold: keep tokens whose target probability differs from the draft's by less.
         dist_threshold: keep tokens whose squared L2 embedding distance to the draft is less.
-        codebook: ``[V, D]`` embeddings for the distance (default: the model's ``tok_embeddings``).
+        codebook: ``[V, D]`` embeddings for the distance (default: the model's ``token_embedding()``).
         **options: the SJD options (window, init, warmup, tail, logits processing).
     """
 
@@ -248,10 +240,12 @@ class GSDSampler(SJDSampler):
         self._embed: Optional[torch.Tensor] = None
 
     def prepare(self, model) -> None:
-        table = self.codebook if self.codebook is not None else model.tok_embeddings.weight
+        if self.codebook is None:
+            require(model, TokenEmbedding, self.name)
+        table = self.codebook if self.codebook is not None else model.token_embedding()
         if table.shape[0] < model.vocab_size:
             raise ValueError(f"codebook has {table.shape[0]} rows for a vocabulary of {model.vocab_size}")
-        self._embed = table.detach().float().to(model.output.weight.device)
+        self._embed = table.detach().float().to(model.device)
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
         vocab = p.shape[-1]

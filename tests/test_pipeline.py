@@ -67,7 +67,7 @@ def test_random_init_pipeline_generates():
 
 def test_sampler_that_cannot_drive_the_model_is_a_clear_error():
     pipe = vargen.load_pipeline("nar-mnist", pretrained=False)
-    with pytest.raises(TypeError, match="'raster' sampler cannot drive NAR; it supports \\['neighbor'\\]"):
+    with pytest.raises(TypeError, match="'raster' sampler cannot drive NAR: it needs the RasterDecoding capability"):
         pipe.generate([0], sampler="raster")
 
 

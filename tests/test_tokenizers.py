@@ -2,6 +2,7 @@
 a real fit on MNIST digits, save/load round trips and input errors."""
 import argparse
 from pathlib import Path
+import math
 
 import pytest
 import torch
@@ -352,10 +353,22 @@ def test_kl_loss_falls_on_real_digits():
     assert logs[-1]["kl"] > 0
 
 
-def test_entropy_loss_is_added_when_enabled():
-    model = vargen.create_model("llamagen-vq-tiny", entropy_loss_ratio=0.1)
-    loss, logs = model.loss(torch.rand(2, 3, 32, 32) * 2 - 1)
-    assert torch.isfinite(loss) and "entropy_loss" in logs
+def test_entropy_loss_rewards_confident_diverse_codes_and_is_added_when_enabled():
+    from vargen.tokenizers.vq import entropy_loss
+    v = 8
+    diverse = torch.eye(v) * 50.0  # every token sure of its own code
+    collapsed = torch.zeros(v, v)
+    collapsed[:, 0] = 50.0  # every token sure of the same code
+    assert entropy_loss(diverse, 1.0).item() == pytest.approx(-math.log(v), abs=1e-3)
+    assert entropy_loss(collapsed, 1.0).item() == pytest.approx(0.0, abs=1e-3)
+    assert entropy_loss(torch.zeros(v, v), 1.0).item() == pytest.approx(0.0, abs=1e-3)  # unsure
+    base = vargen.create_model("llamagen-vq-tiny").eval()
+    model = vargen.create_model("llamagen-vq-tiny", entropy_loss_ratio=0.1).eval()
+    model.load_state_dict(base.state_dict())
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    (loss0, logs0), (loss, logs) = base.loss(images), model.loss(images)
+    assert "entropy_loss" not in logs0 and logs["entropy_loss"] != 0
+    assert loss.item() == pytest.approx(loss0.item() + logs["entropy_loss"], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -286,7 +286,11 @@ def test_digit_classifier_api():
     assert "digit-classifier" in vargen.list_models(kind="classifier")
     images = torch.rand(5, 3, 32, 32) * 2 - 1
     assert clf(images).shape == (5, 10)
-    assert 0.0 <= clf.accuracy(images, [0, 1, 2, 3, 4]) <= 1.0
+    predicted = clf.eval().predict(images)
+    assert clf.accuracy(images, predicted) == 1.0
+    assert clf.accuracy(images, (predicted + 1) % 10) == 0.0
+    half = torch.where(torch.arange(5) < 2, predicted, (predicted + 1) % 10)
+    assert clf.accuracy(images, half) == pytest.approx(2 / 5)
     shifted = clf.augment(images)
     assert shifted.shape == images.shape and torch.isin(shifted, torch.cat([images.flatten(),
                                                                             torch.tensor([-1.0])])).all()

@@ -87,8 +87,12 @@ class GaussianFlow(nn.Module):
     def __init__(self):
         super().__init__()
         self.partition = make_partition("image", (2, 2))
-        self.latent_channels, self.null_class = 4, 10
+        self.latent_channels, self.num_classes, self.null_class = 4, 10, 10
         self.cls_embedding = LabelEmbedder(10, 4)
+        self.device = torch.device("cpu")
+
+    def check_labels(self, labels, allow_null=False):
+        self.cls_embedding.check(labels, allow_null)
 
     def setup_cache(self, batch_size):
         pass

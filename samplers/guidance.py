@@ -1,0 +1,81 @@
+"""Classifier-free guidance, one component for the discrete and the flow samplers: the scale
+schedule (constant or linear over AR steps, LlamaGen's ``cfg_interval``), batch doubling
+``[cond; uncond]`` with the null class in the second half, and the cond/uncond combination.
+
+Each family keeps its official rounding (a test of golden tokens holds them): LlamaGen's
+``uncond + (cond - uncond) * s`` on logits (and on float64 velocities for xAR, where the same
+expression is the official drift guidance), ``torch.lerp(uncond, cond, s)`` for NAR's features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CFG_SCHEDULES = ("constant", "linear")
+RULES = ("blend", "lerp")
+
+
+@dataclass
+class Guidance:
+    cfg_scale: float = 1.0
+    cfg_schedule: str = "constant"
+    cfg_interval: int = -1  # LlamaGen: tokens 0..cfg_interval+1 are guided, later ones not (-1: all)
+
+    def __post_init__(self):
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {self.cfg_schedule!r}")
+        if self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+
+    @property
+    def uses_cfg(self) -> bool:
+        """Whether the generator must run on a doubled [cond; uncond] batch."""
+        return self.cfg_scale != 1.0
+
+    def guidance(self, done: int, total: int) -> float:
+        """CFG scale for the token (or AR step) with index ``done`` of ``total``."""
+        if 0 <= self.cfg_interval and done > self.cfg_interval + 1:
+            # LlamaGen's generate: the prefill's token and decode steps i <= cfg_interval are guided.
+            return 1.0
+        if self.cfg_schedule == "linear" and total > 1:
+            return 1.0 + (self.cfg_scale - 1.0) * done / max(total - 1, 1)
+        return self.cfg_scale
+
+    def labels(self, labels: torch.Tensor, null_class: int) -> torch.Tensor:
+        """The batch the generator runs on: ``[B]``, or ``[2B]`` with the null class appended."""
+        return cfg_labels(labels, null_class) if self.uses_cfg else labels
+
+    def double(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows fed to the generator: ``x`` twice along the batch under CFG."""
+        return x.repeat(2, *([1] * (x.dim() - 1))) if self.uses_cfg else x
+
+    @staticmethod
+    def mix(out: torch.Tensor, scale, rule: str = "blend") -> torch.Tensor:
+        """``[2B, ...]`` -> ``[B, ...]``: cond and uncond halves combined at ``scale``."""
+        cond, uncond = out.chunk(2, dim=0)
+        if rule == "lerp":
+            return torch.lerp(uncond, cond, scale)
+        return uncond + (cond - uncond) * scale
+
+    def combine(self, out: torch.Tensor, done=0, total: int = 1, rule: str = "blend") -> torch.Tensor:
+        """Guided ``[B, ...]`` from ``[2B, ...]`` at step ``done`` of ``total`` (identity without
+        CFG; the cond half where the scale is 1).
+
+        ``done`` is an int, or a tensor ``[B, ...]`` (out's shape without the last dim) when rows
+        are at different steps, as in the windows of speculative samplers.
+        """
+        if not self.uses_cfg:
+            return out
+        cond = out.chunk(2, dim=0)[0]
+        if torch.is_tensor(done):
+            scale = torch.tensor([self.guidance(d, total) for d in done.flatten().tolist()],
+                                 dtype=cond.dtype, device=cond.device).view(*done.shape, 1)
+            return torch.where(scale == 1.0, cond, self.mix(out, scale, rule))
+        scale = self.guidance(done, total)
+        return cond if scale == 1.0 else self.mix(out, scale, rule)
+
+
+def cfg_labels(labels: torch.Tensor, null_class: int) -> torch.Tensor:
+    """``[B]`` -> ``[2B]``: conditional labels followed by the null class."""
+    return torch.cat([labels, torch.full_like(labels, null_class)])
