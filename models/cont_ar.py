@@ -38,10 +38,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import SwiGLUPacked
 
-from vargen.nn import LabelEmbedder, RMSNorm, rope_2d, swiglu_hidden_dim
+from vargen.nn import RMSNorm
 from vargen.registry import register_model
 
-from .llamagen import LlamaGen, LlamaGenConfig
+from .llama import LlamaTrunk
+from .llamagen import LlamaGenConfig
 from .xar import TimestepEmbedder
 
 INPUT_KINDS = ("linear", "semantic")
@@ -131,18 +132,17 @@ class FlowHead(nn.Module):
         return self.final_layer(h, y)                                 # [M, C]
 
 
-class ContAR(LlamaGen):
-    """LlamaGen's trunk (blocks, RoPE, cache hooks) over continuous latents, plus the flow head.
+class ContAR(LlamaTrunk):
+    """The Llama trunk (blocks, 2D RoPE, cache) over continuous latents, plus the flow head.
 
     Inference hooks (driven by :class:`vargen.samplers.TokenFlowSampler`): ``setup_cache``,
-    ``prefill(labels) -> z [B, vis_dim]``, ``decode(latents [B, T, C], positions) -> z [B, T,
-    vis_dim]`` and ``velocity(x, t, z)``; ``clear_cache``. Under ``"semantic"`` input the
+    ``prefill_hidden(labels) -> z [B, vis_dim]``, ``decode_hidden(latents [B, T, C], positions) ->
+    z [B, T, vis_dim]`` and ``head_velocity(x, t, z)``; ``clear_cache``. Under ``"semantic"`` input the
     tokenizer's semantic-decoder cache is set up and cleared with the trunk's.
     """
 
     config_class = ContARConfig
     default_sampler = "token-flow"
-    samplers = ("token-flow",)
     is_discrete = False
 
     def __init__(self, config: ContARConfig):
@@ -151,21 +151,15 @@ class ContAR(LlamaGen):
             raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {c.input_kind!r}")
         if (c.input_kind == "semantic") != (c.semantic_dim > 0):
             raise ValueError("input_kind='semantic' needs semantic_dim > 0 (and 'linear' needs 0)")
-        # LlamaGen.__init__ would build a code embedding and logits layer this model has not.
-        super(LlamaGen, self).__init__(config)
-        self.cls_embedding = LabelEmbedder(c.num_classes, c.dim, c.class_dropout_prob)
-        self.tok_dropout = nn.Dropout(c.token_dropout_p)
+        super().__init__(config, [c.drop_path_rate * i / max(c.n_layer - 1, 1) for i in range(c.n_layer)])
+        del self.tok_embeddings  # latents enter through linear_proj: there is no code table
         if c.input_kind == "linear":
             self.linear_proj = nn.Linear(c.latent_channels, c.dim)
         else:
             self.linear_proj = nn.Sequential(nn.Linear(c.semantic_dim, c.dim), nn.GELU(),
                                              nn.Linear(c.dim, c.dim))
-        # The trunk as LlamaGen's (same blocks, norm and RoPE table; see LlamaGen.__init__).
-        ffn_hidden = swiglu_hidden_dim(c.dim, c.multiple_of, c.ffn_dim_multiplier)
-        drop_path = [c.drop_path_rate * i / max(c.n_layer - 1, 1) for i in range(c.n_layer)]
-        self.layers = nn.ModuleList([self._block(ffn_hidden, dp) for dp in drop_path])
         self.norm = RMSNorm(c.dim, c.norm_eps)
-        self.rope = rope_2d(c.grid_size, c.dim // c.n_head, c.rope_base, c.cls_token_num)
+        self.init_positions()
         self.vis_head = nn.Sequential(nn.Linear(c.dim, c.vis_dim), nn.LayerNorm(c.vis_dim, eps=1e-6))
         self.head = FlowHead(c.latent_channels, c.head_width, c.vis_dim, c.head_depth,
                              c.head_mlp_mult, c.time_scale)
@@ -173,12 +167,7 @@ class ContAR(LlamaGen):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        std = self.config.initializer_range
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=std)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+        super().initialize_weights()
         self.head.initialize_weights()
 
     # ----------------------------------------------------------------------------- helpers
@@ -189,7 +178,7 @@ class ContAR(LlamaGen):
     @property
     def token_shape(self) -> tuple:
         """Shape of one sample's tokens: ``(C, h, w)`` latents."""
-        return (self.config.latent_channels, *self.grid_shape)
+        return (self.config.latent_channels, *self.token_grid)
 
     def check_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """``[B, C, h, w]`` latents -> ``[B, N, C]`` raster sequence, after checking them."""
@@ -229,7 +218,7 @@ class ContAR(LlamaGen):
             if self.config.semantic_tokenizer is None:
                 raise RuntimeError("input_kind='semantic' needs a tokenizer: call attach_tokenizer(tok) "
                                    "or set config.semantic_tokenizer")
-            from vargen.train import load_tokenizer
+            from vargen.training.data import load_tokenizer
             self.attach_tokenizer(load_tokenizer(self.config.semantic_tokenizer, self.vis_head[0].weight.device))
         return self._tokenizer.semantic_decoder.to(self.vis_head[0].weight.device)
 
@@ -256,7 +245,7 @@ class ContAR(LlamaGen):
             raise RuntimeError("forward runs the full sequence; call clear_cache() first")
         cls = self.cls_embedding(labels)[:, None].expand(-1, self.config.cls_token_num, -1)
         h = torch.cat([self.tok_dropout(cls), self.embed_latents(seq[:, :-1])], dim=1)
-        h = self.trunk(h, self.rope[: h.shape[1]].to(h.device), None)   # [B, cls + N - 1, dim]
+        h = self.run_layers(h, self.rope[: h.shape[1]].to(h.device), None)  # [B, cls + N - 1, dim]
         return self.condition(h[:, self.config.cls_token_num - 1:])
 
     def training_loss(self, latents: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -276,9 +265,8 @@ class ContAR(LlamaGen):
     # ----------------------------------------------------------------------------- inference hooks
     def setup_cache(self, batch_size: int, max_len: Optional[int] = None,
                     device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
-        device = device or self.vis_head[0].weight.device
-        self.rope = self.rope.to(device)
-        super(LlamaGen, self).setup_cache(batch_size, max_len, device, dtype)
+        device = device or self.device
+        super().setup_cache(batch_size, max_len, device, dtype)
         if self.config.input_kind == "semantic":
             self.semantic_decoder().setup_cache(batch_size, self.config.block_size, device)
 
@@ -287,21 +275,21 @@ class ContAR(LlamaGen):
         if self._tokenizer is not None:
             self._tokenizer.semantic_decoder.clear_cache()
 
-    def prefill(self, labels: torch.Tensor) -> torch.Tensor:
+    def prefill_hidden(self, labels: torch.Tensor) -> torch.Tensor:
         """Feed the condition token(s); returns the first token's condition ``[B, vis_dim]``."""
         h = self.cls_embedding(labels)[:, None].expand(-1, self.config.cls_token_num, -1)
-        h = self.trunk(h, self.rope[: self.config.cls_token_num].to(h.device), None)
+        h = self.run_layers(h, self.rope[: self.config.cls_token_num].to(h.device), None)
         return self.condition(h[:, -1])
 
-    def decode(self, latents: torch.Tensor, positions: torch.Tensor,
-               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def decode_hidden(self, latents: torch.Tensor, positions: torch.Tensor,
+                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Append latents ``[B, T, C]`` at raster ``positions [T]``; returns conditions
         ``[B, T, vis_dim]`` (row t conditions the token after position t)."""
         h = self.embed_latents(latents)
-        h = self.trunk(h, self._rope_rows(positions + self.config.cls_token_num), mask)
+        h = self.run_layers(h, self.rope.to(h.device)[positions + self.config.cls_token_num], mask)
         return self.condition(h)
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def head_velocity(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The flow head: ``x [M, C]``, ``t [M]``, ``z [M, vis_dim]`` -> ``v [M, C]`` (toward data)."""
         return self.head(x, t, z)
 

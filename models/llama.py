@@ -156,5 +156,5 @@ class LlamaTrunk(Generator):
     def setup_cache(self, batch_size: int, max_len: Optional[int] = None,
                     device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:
         if self.rope is not None:
-            self.rope = self.rope.to(device or self.tok_embeddings.weight.device)
+            self.rope = self.rope.to(device or self.device)
         super().setup_cache(batch_size, max_len, device, dtype)

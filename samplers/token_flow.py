@@ -22,12 +22,32 @@ uses 3.0 / 1.1), the scale given here is the one applied. Ming's 3-way text/imag
 """
 from __future__ import annotations
 
+from typing import Protocol, Tuple, runtime_checkable
+
 import torch
 
 from vargen.seeding import SampleRNG
 
 from .base import Sampler
-from .logits import LogitsProcessor, cfg_labels
+from .capabilities import Cached, Conditional
+from .guidance import Guidance
+
+
+@runtime_checkable
+class TokenFlowDecoding(Conditional, Cached, Protocol):
+    """A raster trunk over continuous latents whose hidden state conditions a per-token flow head."""
+
+    token_grid: Tuple[int, ...]
+    latent_channels: int
+
+    def prefill_hidden(self, labels: torch.Tensor) -> torch.Tensor:
+        """Feed the condition; the first token's head condition ``[B, D]``."""
+
+    def decode_hidden(self, latents: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Append latents ``[B, T, C]`` at raster ``positions``; head conditions ``[B, T, D]``."""
+
+    def head_velocity(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The flow head's velocity toward data: ``x [M, C]``, ``t [M]``, ``z [M, D]`` -> ``[M, C]``."""
 
 
 def euler_scheduler(num_steps: int, time_shift: float = 1.0):
@@ -47,6 +67,7 @@ class TokenFlowSampler(Sampler):
     """
 
     name = "token-flow"
+    capability = TokenFlowDecoding
 
     def __init__(self, num_steps: int = 16, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
                  temperature: float = 1.0, time_shift: float = 1.0):
@@ -56,45 +77,34 @@ class TokenFlowSampler(Sampler):
         if temperature < 0 or time_shift <= 0:
             raise ValueError(f"need temperature >= 0 and time_shift > 0, got {temperature}, {time_shift}")
         self.num_steps, self.temperature, self.time_shift = num_steps, temperature, time_shift
-        # Only the guidance schedule of the processor is used (no logits here).
-        self.guidance = LogitsProcessor(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule)
+        self.guidance = Guidance(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule)
 
-    def sample_token(self, model, z: torch.Tensor, noise: torch.Tensor, scale: float,
-                     doubled: bool) -> torch.Tensor:
-        """One token: ``z [B', vis_dim]`` conditions (``[cond; uncond]`` when doubled), ``noise
-        [B, C]`` at t = 1 -> latent ``[B, C]``."""
+    def sample_token(self, model, z: torch.Tensor, noise: torch.Tensor, scale: float) -> torch.Tensor:
+        """One token: ``z [B', D]`` conditions (``[cond; uncond]`` under CFG), ``noise [B, C]``
+        at t = 1 -> latent ``[B, C]``."""
         scheduler = euler_scheduler(self.num_steps, self.time_shift)
         x = noise
         for timestep, sigma in zip(scheduler.timesteps, scheduler.sigmas[:-1]):
-            x_in = x.repeat(2, 1) if doubled else x
-            v = model.velocity(x_in, sigma.to(x).expand(x_in.shape[0]), z).float()
-            if doubled:
-                cond, uncond = v.chunk(2)
-                v = uncond + scale * (cond - uncond)
+            x_in = self.guidance.double(x)
+            v = model.head_velocity(x_in, sigma.to(x).expand(x_in.shape[0]), z).float()
+            if self.guidance.uses_cfg:
+                v = Guidance.mix(v, scale)
             x = scheduler.step(-v, timestep, x).prev_sample
         return x
 
-    @torch.no_grad()
-    def __call__(self, model, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
-        labels = self.check_labels(model, labels, rng)
-        labels = labels.to(next(model.parameters()).device)
-        h, w = model.grid_shape
+    def sample(self, model, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
+        h, w = model.token_grid
         n, b, channels = h * w, labels.shape[0], model.latent_channels
-        doubled = self.guidance.uses_cfg
-        cond = cfg_labels(labels, model.null_class) if doubled else labels
-        scales = [self.guidance.guidance(i, n) if doubled else 1.0 for i in range(n)]
+        cond = self.guidance.labels(labels, model.null_class)
+        scales = [self.guidance.guidance(i, n) if self.guidance.uses_cfg else 1.0 for i in range(n)]
         tokens = torch.empty(b, n, channels, device=labels.device)
         model.setup_cache(cond.shape[0])
-        try:
-            z = model.prefill(cond)                                             # [B', vis_dim]
-            for i in range(n):
-                noise = rng.randn(channels).to(labels.device) * self.temperature  # [B, C]
-                tokens[:, i] = self.sample_token(model, z, noise, scales[i], doubled)
-                if i + 1 < n:
-                    step = tokens[:, i:i + 1]
-                    z = model.decode(step.repeat(2, 1, 1) if doubled else step,
-                                     torch.tensor([i], device=labels.device))[:, -1]
-        finally:
-            model.clear_cache()
+        z = model.prefill_hidden(cond)                                          # [B', D]
+        for i in range(n):
+            noise = rng.randn(channels).to(labels.device) * self.temperature    # [B, C]
+            tokens[:, i] = self.sample_token(model, z, noise, scales[i])
+            if i + 1 < n:
+                step = self.guidance.double(tokens[:, i:i + 1])
+                z = model.decode_hidden(step, torch.tensor([i], device=labels.device))[:, -1]
         self.stats = {"forward_passes": n, "head_evaluations": n * self.num_steps, "cfg_scales": scales}
         return tokens.transpose(1, 2).reshape(b, channels, h, w)

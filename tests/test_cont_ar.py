@@ -66,22 +66,26 @@ class GaussianHead(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.grid_shape, self.latent_channels, self.null_class = (2, 2), 4, 10
+        self.token_grid, self.latent_channels, self.num_classes, self.null_class = (2, 2), 4, 10, 10
+        self.device = torch.device("cpu")
         self.cls_embedding = LabelEmbedder(10, 4)
 
-    def setup_cache(self, batch_size):
+    def check_labels(self, labels, allow_null=False):
+        self.cls_embedding.check(labels, allow_null=allow_null)
+
+    def setup_cache(self, batch_size, max_len=None):
         pass
 
     def clear_cache(self):
         pass
 
-    def prefill(self, labels):
+    def prefill_hidden(self, labels):
         return torch.zeros(labels.shape[0], 1)
 
-    def decode(self, latents, positions):
+    def decode_hidden(self, latents, positions):
         return torch.zeros(latents.shape[0], latents.shape[1], 1)
 
-    def velocity(self, x, t, z):
+    def head_velocity(self, x, t, z):
         a, t = 1.0 - t[:, None].double(), t[:, None].double()
         var = a * a * SIGMA ** 2 + t * t
         centred = x.double() - a * MU
@@ -109,9 +113,12 @@ def test_token_flow_options_are_checked():
         TokenFlowSampler(time_shift=0.0)
     with pytest.raises(ValueError, match="cfg_schedule"):
         TokenFlowSampler(cfg_schedule="cosine")
-    with pytest.raises(TypeError, match="token-flow"):
+    with pytest.raises(TypeError, match="RasterDecoding"):
         create_sampler("raster")(randomized(vargen.create_model("cont-ar-tiny")), torch.tensor([1]),
                                  SampleRNG(0, 1))
+    # And the token-flow sampler refuses a model without its capability, naming it.
+    with pytest.raises(TypeError, match="TokenFlowDecoding"):
+        create_sampler("token-flow")(vargen.create_model("llamagen-tiny"), torch.tensor([1]), SampleRNG(0, 1))
 
 
 # ----------------------------------------------------------------------------- CFG and seeding
@@ -160,9 +167,9 @@ def test_cached_decoding_equals_teacher_forced_forward(input_kind):
         full = model(latents, labels)                                   # [3, 16, vis_dim]
         seq = latents.flatten(2).transpose(1, 2)
         model.setup_cache(3)
-        steps = [model.prefill(labels)]
+        steps = [model.prefill_hidden(labels)]
         for i in range(seq.shape[1] - 1):
-            steps.append(model.decode(seq[:, i:i + 1], torch.tensor([i]))[:, -1])
+            steps.append(model.decode_hidden(seq[:, i:i + 1], torch.tensor([i]))[:, -1])
         if tok is not None:
             assert tok.semantic_decoder.cache_length == seq.shape[1] - 1
         model.clear_cache()
