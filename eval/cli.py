@@ -129,7 +129,7 @@ def _add_recon(sub):
 
     def run(args):
         from vargen.eval.recon import reconstruction_metrics
-        from vargen.train import load_tokenizer
+        from vargen.training.data import load_tokenizer
         tokenizer = load_tokenizer(args.tokenizer, args.device)
         result = reconstruction_metrics(tokenizer, args.data, fid=args.fid, fid_reference=args.fid_reference,
                                         inception_weights=args.inception_weights,

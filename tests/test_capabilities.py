@@ -9,11 +9,12 @@ import vargen
 from vargen.samplers import SAMPLERS, create_sampler
 from vargen.samplers.capabilities import (EntityFlow, NeighborDecoding, RasterDecoding,
                                           SpeculativeDecoding, TokenEmbedding, members, missing)
+from vargen.samplers.token_flow import TokenFlowDecoding
 from vargen.seeding import SampleRNG
 
-TINY = ("llamagen-tiny", "nar-tiny", "nar-video-tiny", "xar-tiny")
+TINY = ("llamagen-tiny", "nar-tiny", "nar-video-tiny", "xar-tiny", "cont-ar-tiny")
 EXPECTED = {"raster": RasterDecoding, "sjd": SpeculativeDecoding, "gsd": SpeculativeDecoding,
-            "neighbor": NeighborDecoding, "flow": EntityFlow}
+            "neighbor": NeighborDecoding, "flow": EntityFlow, "token-flow": TokenFlowDecoding}
 
 
 def test_every_sampler_declares_a_capability():
