@@ -222,7 +222,8 @@ class Uncached(nn.Module):
         super().__init__()
         self.model, self.partition = model, model.partition
         self.latent_channels, self.null_class = model.latent_channels, model.null_class
-        self.cls_embedding = model.cls_embedding
+        self.num_classes, self.device = model.num_classes, model.device
+        self.check_labels = model.check_labels
         self.clean = {}
 
     def setup_cache(self, batch_size):
