@@ -254,13 +254,23 @@ def test_nar_video_pipelines_are_registered_with_the_paper_settings():
         assert spec.sampler_options == {"cfg_scale": 1.25}
 
 
-def test_larp_nar_pipeline_runs_34_passes_on_the_official_grid():
+def test_larp_nar_pipeline_runs_34_passes_on_the_official_grid(tmp_path):
     # LARP with the released 1024 tokens at tiny widths + a tiny NAR video trunk on 4x16x16.
     from vargen.pipeline import Pipeline
     tokenizer = LARPTokenizer(dataclasses.replace(LARP_TINY, bottleneck_token_num=1024))
     generator = vargen.create_model("nar-video-tiny", vocab_size=32, latent_shape=(4, 16, 16))
     pipe = Pipeline(tokenizer, generator, "neighbor", {"cfg_scale": 1.25}, name="nar-video-tiny")
+    calls = []
+    # Counted on the network: one call of the first block per trunk pass.
+    hook = generator.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
     videos = pipe.generate([1, 2], seed=0)
+    hook.remove()
     assert videos.shape == (2, 3, 4, 16, 16)
-    assert pipe.last_stats["forward_passes_total"] == 4 + 16 + 16 - 2 == 34
+    assert len(calls) == pipe.last_stats["forward_passes_total"] == 4 + 16 + 16 - 2 == 34
     torch.testing.assert_close(pipe.generate([2], seed=0, sample_offset=1), videos[1:], atol=1e-6, rtol=0)
+    # ... and the clips are a playable file, as `vargen sample --out clip.mp4` writes them.
+    from vargen.cli import write_samples
+    from vargen.video import read_video
+    path = tmp_path / "clip.mp4"
+    assert write_samples(videos, str(path), nrow=2) == "videos"
+    assert read_video(path).shape == (3, 4, 20, 38)  # 4 frames; two 16x16 clips in a grid padded by 2
