@@ -129,12 +129,15 @@ def _add_recon(sub):
 
     def run(args):
         from vargen.eval.recon import reconstruction_metrics
+        from vargen.eval.inception import default_batch_size, resolve_device
         from vargen.training.data import load_tokenizer
-        tokenizer = load_tokenizer(args.tokenizer, args.device)
+        device = resolve_device(args.device)
+        batch_size = args.batch_size or default_batch_size(device)
+        tokenizer = load_tokenizer(args.tokenizer, device)
         result = reconstruction_metrics(tokenizer, args.data, fid=args.fid, fid_reference=args.fid_reference,
                                         inception_weights=args.inception_weights,
                                         allow_random=args.inception_weights == "random", image_size=args.image_size,
-                                        batch_size=args.batch_size, limit=args.limit, device=args.device)
+                                        batch_size=batch_size, limit=args.limit, device=device)
         _print_table(f"{args.tokenizer} on {args.data}", {"tokenizer": args.tokenizer, **result})
         _write_json(args.json, {"tokenizer": args.tokenizer, "data": args.data, **result})
     p.set_defaults(run=run)

@@ -152,7 +152,6 @@ class ContAR(LlamaTrunk):
         if (c.input_kind == "semantic") != (c.semantic_dim > 0):
             raise ValueError("input_kind='semantic' needs semantic_dim > 0 (and 'linear' needs 0)")
         super().__init__(config, [c.drop_path_rate * i / max(c.n_layer - 1, 1) for i in range(c.n_layer)])
-        del self.tok_embeddings  # latents enter through linear_proj: there is no code table
         if c.input_kind == "linear":
             self.linear_proj = nn.Linear(c.latent_channels, c.dim)
         else:

@@ -78,7 +78,8 @@ class LlamaTrunk(Generator):
             raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, "
                              f"got {c.position_embedding!r}")
         self.cls_embedding = LabelEmbedder(c.num_classes, c.dim, c.class_dropout_prob)
-        self.tok_embeddings = nn.Embedding(c.vocab_size, c.dim)
+        if c.vocab_size:  # a code table (discrete families); continuous inputs bring their own projection
+            self.tok_embeddings = nn.Embedding(c.vocab_size, c.dim)
         self.tok_dropout = nn.Dropout(c.token_dropout_p)
         self.layers = nn.ModuleList([self.block(dp) for dp in drop_path])
         self.rope: Optional[torch.Tensor] = None
@@ -117,10 +118,6 @@ class LlamaTrunk(Generator):
     def token_grid(self) -> Tuple[int, ...]:
         return tuple(self.config.token_grid)
 
-    def token_embedding(self) -> torch.Tensor:
-        """The ``[V, dim]`` input embedding table (GSD's token distances)."""
-        return self.tok_embeddings.weight
-
     def embed(self, tokens: Optional[torch.Tensor], labels: Optional[torch.Tensor]) -> torch.Tensor:
         """``[cls] + tokens`` embeddings ``[B, cls + T, dim]`` (no cls when labels is None)."""
         parts = []
@@ -158,3 +155,11 @@ class LlamaTrunk(Generator):
         if self.rope is not None:
             self.rope = self.rope.to(device or self.device)
         super().setup_cache(batch_size, max_len, device, dtype)
+
+
+class CodeEmbedding:
+    """For trunks over discrete codes: exposes the code table (the ``TokenEmbedding`` capability)."""
+
+    def token_embedding(self) -> torch.Tensor:
+        """The ``[V, dim]`` input embedding table (GSD's token distances)."""
+        return self.tok_embeddings.weight

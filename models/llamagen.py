@@ -24,7 +24,7 @@ from vargen.nn import RMSNorm
 from vargen.registry import Weights, register_model
 from vargen.training.recipes import LLAMAGEN
 
-from .llama import LlamaConfig, LlamaTrunk
+from .llama import CodeEmbedding, LlamaConfig, LlamaTrunk
 
 
 @dataclass
@@ -36,7 +36,7 @@ class LlamaGenConfig(LlamaConfig):
         return (self.grid_size, self.grid_size)
 
 
-class LlamaGen(LlamaTrunk):
+class LlamaGen(CodeEmbedding, LlamaTrunk):
     """The Llama trunk + one next-token head (``norm`` / ``output``)."""
 
     config_class = LlamaGenConfig

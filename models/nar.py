@@ -30,7 +30,7 @@ from vargen.nn import RMSNorm
 from vargen.registry import Weights, register_model
 from vargen.training.recipes import NAR as NAR_RECIPE
 
-from .llama import LlamaTrunk
+from .llama import CodeEmbedding, LlamaTrunk
 from .llamagen import LlamaGenConfig
 
 Offsets = Tuple[Tuple[int, ...], ...]
@@ -225,7 +225,7 @@ class NARConfig(LlamaGenConfig):
     """LlamaGen's config; NAR adds exactly one block (``medusa_attention_num = 1`` upstream)."""
 
 
-class NAR(NeighborHeads, LlamaTrunk):
+class NAR(CodeEmbedding, NeighborHeads, LlamaTrunk):
     """Llama trunk + right head (``norm``/``output``) + extra block with below head (``medusa_*``)."""
 
     config_class = NARConfig

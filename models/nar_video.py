@@ -25,7 +25,7 @@ from vargen.nn import RMSNorm
 from vargen.registry import register_model
 from vargen.training.recipes import LARP_AR
 
-from .llama import LlamaConfig, LlamaTrunk
+from .llama import CodeEmbedding, LlamaConfig, LlamaTrunk
 from .nar import NeighborHeads, Offsets
 
 
@@ -44,7 +44,7 @@ class NARVideoConfig(LlamaConfig):
         return tuple(self.latent_shape)
 
 
-class NARVideo(NeighborHeads, LlamaTrunk):
+class NARVideo(CodeEmbedding, NeighborHeads, LlamaTrunk):
     """Llama trunk + extra blocks n_layer, n_layer + 1 + heads R (w), D (h), B (t)."""
 
     config_class = NARVideoConfig
