@@ -243,8 +243,7 @@ def test_generator_fits_and_regenerates_latent_grids(generator, tokenizer):
         model.attach_tokenizer(tok)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     for _ in range(150):
-        result = model.loss(latents.repeat(4, 1, 1, 1), labels.repeat(4))
-        loss = result[0] if isinstance(result, tuple) else result
+        loss = model.loss(latents.repeat(4, 1, 1, 1), labels.repeat(4))
         opt.zero_grad()
         loss.backward()
         opt.step()
