@@ -8,6 +8,7 @@ _EXPORTS = {
     ".xar": ("XAR", "XARConfig"),
     ".nar": ("NAR", "NARConfig"),
     ".nar_video": ("NARVideo", "NARVideoConfig"),
+    ".raster_video": ("RasterVideo", "RasterVideoConfig"),
     ".cont_ar": ("ContAR", "ContARConfig"),
 }
 __getattr__ = lazy_exports(__name__, _EXPORTS)

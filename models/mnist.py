@@ -18,6 +18,7 @@ from .cont_ar import ContAR, ContARConfig
 from .llamagen import LlamaGen, LlamaGenConfig
 from .nar import NAR, NARConfig
 from .nar_video import NARVideo, NARVideoConfig
+from .raster_video import RasterVideo, RasterVideoConfig
 from .xar import XAR, XARConfig
 
 GRID = 8
@@ -83,13 +84,12 @@ register_model("cont-ar-mnist", ContAR, weights=_shipped("cont-ar-mnist"), confi
 register_model("cont-ar-mingtok-mnist", ContAR, weights=_shipped("cont-ar-mingtok-mnist"), config=ContARConfig(
     latent_channels=4, input_kind="semantic", semantic_dim=128, semantic_tokenizer="mingtok-mnist", **_CONT_AR))
 
-# Draft for the video generators (issue 14 item 3; architecture only, not trained yet): the NAR
-# video trunk on video-vq-mnist's 4 x 8 x 8 ids, decoded in T + H + W - 2 = 18 passes. No dropout,
-# as xar-mnist (cheaper on a CPU, better at this scale). Its raster baseline is meant to be this
-# same config and trunk decoding the 256 ids one at a time in raster order (a causal mask and one
-# next-token head), which the trunk does not offer yet. Measured on this shared CPU (load ~24, one
-# thread): 9.4 s per training step at batch 16; dim 96: 7.0 s; dim 64: 4.7 s.
-register_model("nar-video-mnist", NARVideo, config=NARVideoConfig(
-    dim=128, n_layer=4, n_head=4, multiple_of=64, vocab_size=CODEBOOK, num_classes=10,
-    latent_shape=(4, 8, 8), token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0),
-    recipe=recipes.LARP_AR)
+# The video generators on video-vq-mnist's 4 x 8 x 8 ids: NAR video (T + H + W - 2 = 18 passes)
+# and its raster baseline, the same trunk decoding the 256 ids in raster order (256 passes). Both
+# run six blocks per token (NAR: 4 trunk blocks + its two head blocks), no dropout (as xar-mnist:
+# cheaper on a CPU, better at this scale), LARP_AR's optimiser recipe.
+_VIDEO = dict(dim=128, n_head=4, multiple_of=64, vocab_size=CODEBOOK, num_classes=10, latent_shape=(4, 8, 8),
+              token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
+register_model("nar-video-mnist", NARVideo, config=NARVideoConfig(n_layer=4, **_VIDEO), recipe=recipes.LARP_AR)
+register_model("raster-video-mnist", RasterVideo, config=RasterVideoConfig(n_layer=6, **_VIDEO),
+               recipe=recipes.LARP_AR)

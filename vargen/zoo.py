@@ -36,6 +36,7 @@ MODELS: Dict[str, Tuple[str, str, str]] = {
     "nar-video-l": ("vargen.models.nar_video", "generator", ""),
     "nar-video-lp": ("vargen.models.nar_video", "generator", ""),
     "nar-video-tiny": ("vargen.models.nar_video", "generator", ""),
+    "raster-video-tiny": ("vargen.models.raster_video", "generator", ""),
     "xar-b": (_XAR, "generator", "OliverRen/xAR/xAR-B.pth"),
     "xar-l": (_XAR, "generator", "OliverRen/xAR/xAR-L.pth"),
     "xar-h": (_XAR, "generator", "OliverRen/xAR/xAR-H.pth"),
@@ -68,6 +69,7 @@ MODELS: Dict[str, Tuple[str, str, str]] = {
     "cont-ar-mnist": (_MNIST, "generator", "weights/cont-ar-mnist"),
     "cont-ar-mingtok-mnist": (_MNIST, "generator", "weights/cont-ar-mingtok-mnist"),
     "nar-video-mnist": (_MNIST, "generator", ""),
+    "raster-video-mnist": (_MNIST, "generator", ""),
 }
 
 # Modules whose register_pipeline calls define the named pipelines (no torch, no family).

@@ -12,11 +12,13 @@ from .moving_mnist import MovingMNIST
 DATASETS = {
     "mnist": lambda split="train", image_size=32: MNISTDigits(split, image_size),
     "moving-mnist": lambda split="train", image_size=32: MovingMNIST(split, image_size),
+    # four motions of every digit: the video generators' training set (16000 train clips)
+    "moving-mnist-4x": lambda split="train", image_size=32: MovingMNIST(split, image_size, motions_per_digit=4),
 }
 
 
 def get_dataset(name: Union[str, Path], split: str = "train", image_size: int = 32) -> Dataset:
-    """A registered dataset (``"mnist"``, ``"mnist:heldout"``, ``"moving-mnist"``) or an image
+    """A registered dataset (``"mnist"``, ``"mnist:heldout"``, ``"moving-mnist"``, ``"moving-mnist-4x"``) or an image
     folder path."""
     name = str(name)
     base, _, named_split = name.partition(":")

@@ -10,7 +10,8 @@ models), so a held-out clip never shows a training digit. Clip ``i`` of a split 
 ``perm[i % n]`` of that split (``perm`` a permutation seeded by ``seed``, so the first clips mix
 all classes) and draws its start point, direction and speed from a generator seeded by
 ``sample_seed(seed, i)``: a clip depends only on ``(split, seed, i)`` and the size options, not on
-how many clips are made.
+how many clips are made. ``motions_per_digit=k`` makes ``k`` clips per digit of the split (the
+first ``n`` are the default dataset's clips; clip ``i + n`` moves digit ``i``'s digit elsewhere).
 
 Defaults: 32x32 frames with the 28x28 digit box scaled to 16x16 (so it has 16 pixels to travel),
 16 frames; ``image_size=64`` keeps the full 28x28 digits, as in the original dataset. Clips are
@@ -60,7 +61,8 @@ class MovingMNIST(Dataset):
     num_classes = 10
 
     def __init__(self, split: str = "train", image_size: int = 32, num_frames: int = 16,
-                 digit_size: Optional[int] = None, num_clips: Optional[int] = None, seed: int = 0):
+                 digit_size: Optional[int] = None, num_clips: Optional[int] = None, seed: int = 0,
+                 motions_per_digit: int = 1):
         digit_size = default_digit_size(image_size) if digit_size is None else digit_size
         if not 1 <= digit_size <= image_size:
             raise ValueError(f"digit_size must be in [1, image_size={image_size}], got {digit_size}")
@@ -68,7 +70,9 @@ class MovingMNIST(Dataset):
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         pixels, labels = _load()
         split_idx = torch.from_numpy(split_indices(split))
-        n = len(split_idx) if num_clips is None else num_clips
+        if motions_per_digit < 1:
+            raise ValueError(f"motions_per_digit must be >= 1, got {motions_per_digit}")
+        n = len(split_idx) * motions_per_digit if num_clips is None else num_clips
         if n < 1:
             raise ValueError(f"num_clips must be >= 1, got {num_clips}")
         self.split, self.seed = split, seed
@@ -101,6 +105,11 @@ class MovingMNIST(Dataset):
 
     def __getitem__(self, i: int):
         return self.videos([i])[0], int(self.labels[i])
+
+    @property
+    def images(self) -> torch.Tensor:
+        """Every clip, ``[N, 3, T, H, W]`` in [-1, 1] (the in-memory form token extraction reads)."""
+        return self.videos()
 
     def uint8_videos(self, indices: Union[Sequence[int], torch.Tensor, None] = None) -> torch.Tensor:
         """Clips as uint8 ``[N, 3, T, H, W]`` (the form files and FVD use)."""
