@@ -133,7 +133,7 @@ class LlamaTrunk(Generator):
         """Embeddings at sequence ``positions`` (condition first) and their RoPE rows (or None)."""
         h = self.embed(tokens, labels)
         if self.config.position_embedding == "absolute":
-            return h + self.abs_pe[:, positions], None
+            return h + self.abs_pe[0, positions], None  # positions [T] or per-row [B, T]
         return h, self.rope.to(positions.device)[positions]
 
     def run_layers(self, h: torch.Tensor, rope: Optional[torch.Tensor], mask: Optional[torch.Tensor],

@@ -37,6 +37,8 @@ SHIPPED_SHA256 = {
     "video-vq-mnist": "d5bb0e35a34cb445fa1fe9cd40550bc0cd35a9b7a3c8b18e97db5bd4250e30b4",
     "cont-ar-mnist": "3b2dbd7363d791fc700e9d572a06e7b4ff195620302a6d42fd2767b547a672f1",
     "cont-ar-mingtok-mnist": "feaf8612e0314adf7dacf719947a3a4dc2b3549c0144e78f04e262356c73538f",
+    "nar-video-mnist": "6de7f848f3380800a3e4afd611eebb5d87ab1a31bdc89bfd7a14703da88a38ba",
+    "raster-video-mnist": "b6a95516e91ebc9f8b22da8ef6b28a2a2e4b6769299160db713bbebcedef9cf3",
 }
 
 
@@ -90,6 +92,7 @@ register_model("cont-ar-mingtok-mnist", ContAR, weights=_shipped("cont-ar-mingto
 # cheaper on a CPU, better at this scale), LARP_AR's optimiser recipe.
 _VIDEO = dict(dim=128, n_head=4, multiple_of=64, vocab_size=CODEBOOK, num_classes=10, latent_shape=(4, 8, 8),
               token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)
-register_model("nar-video-mnist", NARVideo, config=NARVideoConfig(n_layer=4, **_VIDEO), recipe=recipes.LARP_AR)
-register_model("raster-video-mnist", RasterVideo, config=RasterVideoConfig(n_layer=6, **_VIDEO),
-               recipe=recipes.LARP_AR)
+register_model("nar-video-mnist", NARVideo, weights=_shipped("nar-video-mnist"),
+               config=NARVideoConfig(n_layer=4, **_VIDEO), recipe=recipes.LARP_AR)
+register_model("raster-video-mnist", RasterVideo, weights=_shipped("raster-video-mnist"),
+               config=RasterVideoConfig(n_layer=6, **_VIDEO), recipe=recipes.LARP_AR)

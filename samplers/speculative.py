@@ -36,6 +36,8 @@ Lumina's end-of-image tokens, here the window is clipped to the remaining tokens
 """
 from __future__ import annotations
 
+import math
+
 from typing import Optional
 
 import torch
@@ -116,8 +118,8 @@ class SJDSampler(DiscreteSampler):
 
     def sample(self, model: SpeculativeDecoding, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
         device = labels.device
-        h, w = model.token_grid
-        total, bsz, slots = h * w, labels.shape[0], self.window - 1
+        w = model.token_grid[-1]  # raster rows of any grid, (H, W) or (T, H, W)
+        total, bsz, slots = math.prod(model.token_grid), labels.shape[0], self.window - 1
         cond = self.logits.labels(labels, model.null_class)
         model.setup_cache(cond.shape[0], max_len=model.max_cache_len + self.window)  # room for padded rows
         self.prepare(model)
@@ -195,7 +197,7 @@ class SJDSampler(DiscreteSampler):
             "per_sample_accepted_drafts": accepted.tolist(),
             "mean_accepted_length": float((total / forwards.double()).mean()),  # tokens per forward
         }
-        return tokens.view(-1, h, w)
+        return tokens.view(-1, *model.token_grid)
 
 
 class GSDSampler(SJDSampler):

@@ -68,8 +68,8 @@ MODELS: Dict[str, Tuple[str, str, str]] = {
     "video-vq-mnist": (_MNIST, "tokenizer", "weights/video-vq-mnist"),
     "cont-ar-mnist": (_MNIST, "generator", "weights/cont-ar-mnist"),
     "cont-ar-mingtok-mnist": (_MNIST, "generator", "weights/cont-ar-mingtok-mnist"),
-    "nar-video-mnist": (_MNIST, "generator", ""),
-    "raster-video-mnist": (_MNIST, "generator", ""),
+    "nar-video-mnist": (_MNIST, "generator", "weights/nar-video-mnist"),
+    "raster-video-mnist": (_MNIST, "generator", "weights/raster-video-mnist"),
 }
 
 # Modules whose register_pipeline calls define the named pipelines (no torch, no family).
