@@ -290,7 +290,7 @@ class ContAR(LlamaTrunk):
 
     def head_velocity(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The flow head: ``x [M, C]``, ``t [M]``, ``z [M, vis_dim]`` -> ``v [M, C]`` (toward data)."""
-        return self.head(x, t, z)
+        return self.head(x.to(z.dtype), t, z)  # samplers integrate in float32; bf16 weights run bf16
 
 
 _NO_DROPOUT = dict(token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0)

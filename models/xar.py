@@ -78,7 +78,7 @@ class TimestepEmbedder(nn.Module):
         half = self.frequency_dim // 2
         freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device) / half)
         args = t.float()[:, None] * freqs[None]
-        return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1))
+        return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1).to(self.mlp[0].weight.dtype))
 
 
 class XARBlock(nn.Module):
@@ -179,6 +179,7 @@ class XAR(Generator):
         """Both stacks on tokens ``x [B, T, C]`` at sequence positions ``seq`` -> ``[B, T, C]``."""
         pos = self.order[seq]
         rope = self.rope[seq]
+        x = x.to(self.z_proj.weight.dtype)  # samplers integrate in float32/64; bf16 weights run bf16
         h = self.z_proj_ln(self.z_proj(x) + self.encoder_pos_embed_learned[0, pos])
         for block in self.encoder_blocks:
             h = block(h, cond, token_entity, rope, mask)

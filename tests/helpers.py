@@ -1,4 +1,7 @@
-"""Small things several test files need: tiny MNIST token grids."""
+"""Small things several test files need: tiny MNIST token grids, random key trees, a pre-filled
+Hub cache."""
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -39,3 +42,20 @@ def random_state(shapes, seed: int = 0):
             x = 0.1 * x
         state[key] = x
     return state
+
+
+HUB_SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def prefill_hub_cache(cache, repo_id: str, save, monkeypatch):
+    """Make ``repo_id`` a cached Hub repo: ``save(folder)`` writes its files into the layout
+    huggingface_hub reads offline (``models--org--name/{refs/main, snapshots/<sha>/...}``), and
+    the cache points at ``cache``. Returns the snapshot folder."""
+    import huggingface_hub
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(HUB_SHA)
+    save(repo / "snapshots" / HUB_SHA)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert huggingface_hub.constants.HF_HUB_OFFLINE  # conftest: no network in tests
+    return repo / "snapshots" / HUB_SHA

@@ -2,7 +2,6 @@
 cache by repo id, same latents as diffusers' own module (scaling and shift from its config),
 exported back to diffusers' format, refused by name when it is not a vargen KL tokenizer, and
 xAR trained and sampled on its latents."""
-import huggingface_hub
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -16,7 +15,8 @@ from vargen.tokenizers import KLTokenizer, load_diffusers_vae, to_diffusers
 from vargen.tokenizers.diffusers_vae import (convert_diffusers_vae, diffusers_config,
                                              kl_config_from_diffusers)
 
-SHA = "0123456789abcdef0123456789abcdef01234567"
+from helpers import prefill_hub_cache
+
 # 4 levels (32 px -> 4x4 latents, xar-tiny's grid), attention in one down and one up block.
 TINY = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4,
             down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D", "DownEncoderBlock2D",
@@ -33,12 +33,7 @@ def hub_vae(tmp_path, monkeypatch):
     with torch.no_grad():  # non-zero biases, so a mis-wired key would show
         for p in vae.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    repo = tmp_path / "hub" / "models--vargen--tiny-vae"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(SHA)
-    vae.save_pretrained(repo / "snapshots" / SHA)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    assert huggingface_hub.constants.HF_HUB_OFFLINE  # conftest: no network in tests
+    prefill_hub_cache(tmp_path / "hub", "vargen/tiny-vae", vae.save_pretrained, monkeypatch)
     return vae
 
 

@@ -2,13 +2,14 @@
 import json
 import os
 
-import huggingface_hub
 import pytest
 import torch
 
 import vargen
 from vargen.hub import WeightsError, load_from, sha256_of, verify_sha256
 from vargen.models import LlamaGen
+
+from helpers import prefill_hub_cache
 
 
 def tiny_model():
@@ -61,15 +62,8 @@ def test_overrides_change_config_and_config_class_is_checked(tmp_path):
 
 
 def test_prefilled_hub_cache_offline(tmp_path, monkeypatch):
-    # The layout hf_hub_download reads: models--org--name/{refs/main, snapshots/<sha>/files}.
-    sha = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "models--vargen--tiny-test"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(sha)
     model = tiny_model()
-    model.save_pretrained(repo / "snapshots" / sha)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    assert huggingface_hub.constants.HF_HUB_OFFLINE  # conftest: no network in tests
+    prefill_hub_cache(tmp_path, "vargen/tiny-test", model.save_pretrained, monkeypatch)
     assert_same_weights(model, LlamaGen.from_pretrained("vargen/tiny-test"))
     assert_same_weights(model, vargen.create_model("llamagen-tiny", pretrained="vargen/tiny-test"))
     with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):

@@ -286,3 +286,27 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
 
+
+
+def atomic_dir(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Fill a temporary sibling folder with ``write(tmp)``, then rename it to ``path``: a killed
+    save leaves no half-written folder. An existing ``path`` is moved aside first and removed
+    after the rename (the caller decides whether it may be replaced)."""
+    import shutil
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = tmp.with_suffix(".old")
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would survive the rename
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+    return path

@@ -6,17 +6,54 @@
 
 Sample ``i`` of a call draws its noise from ``(seed, sample_offset + i)``, so the same seed
 gives the same image at any batch size.
+
+diffusers' call convention (``pipelines/dit/pipeline_dit.py``) sits on top of ``generate``::
+
+    >>> out = pipe([3, 1, 4], guidance_scale=2.0,
+    ...            generator=[torch.Generator().manual_seed(i) for i in range(3)])
+    >>> out.images                                       # 3 PIL images (``.videos``: video pipelines)
+    >>> pipe.save_pretrained("my-pipe")                  # pipeline.json + tokenizer/ + generator/
+    >>> pipe = vargen.load_pipeline("my-pipe", torch_dtype=torch.bfloat16)  # or a Hub repo id
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
+from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
+from vargen.hub import atomic_dir, resolve_file
 from vargen.registry import (PipelineSpec, create_model, get_pipeline_spec, list_pipelines,  # noqa: F401
-                             register_pipeline)
+                             model_class_named, register_pipeline)
 from vargen.seeding import SampleRNG
+
+PIPELINE_INDEX = "pipeline.json"  # diffusers' model_index.json: which component is which class
+COMPONENTS = ("tokenizer", "generator")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+_SEED_HIGH = 2 ** 63 - 1
+
+
+@dataclass
+class ImagePipelineOutput(BaseOutput):
+    """``images``: a list of PIL images (``"pil"``), ``[N, H, W, C]`` floats in [0, 1] (``"np"``),
+    ``[N, C, H, W]`` in [-1, 1] as ``generate`` (``"pt"``) or the sampled tokens (``"latent"``)."""
+
+    images: Union[List[Any], np.ndarray, torch.Tensor]
+
+
+@dataclass
+class VideoPipelineOutput(BaseOutput):
+    """``videos``: one list of PIL frames per clip (``"pil"``, as ``diffusers.utils.export_to_video``
+    takes), ``[N, T, H, W, C]`` floats in [0, 1] (``"np"``), ``[N, C, T, H, W]`` in [-1, 1] as
+    ``generate`` (``"pt"``) or the sampled tokens (``"latent"``)."""
+
+    videos: Union[List[List[Any]], np.ndarray, torch.Tensor]
 
 
 class Pipeline:
@@ -30,15 +67,45 @@ class Pipeline:
         self.sampler_options = dict(sampler_options or {})
         self.name = name
         self.last_stats: Dict[str, Any] = {}
+        self._progress_bar_config: Dict[str, Any] = {}
 
     @property
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
 
-    def to(self, device: Union[str, torch.device]) -> "Pipeline":
-        self.tokenizer.to(device)
-        self.generator.to(device)
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.generator.parameters()).dtype
+
+    @property
+    def is_video(self) -> bool:
+        """Whether the generator samples a ``(T, H, W)`` token grid (clips, not images)."""
+        return len(self.generator.token_grid) == 3
+
+    def to(self, *args: Any, device: Union[str, torch.device, None] = None,
+           dtype: Optional[torch.dtype] = None) -> "Pipeline":
+        """Move and/or cast both models: ``to("cuda")``, ``to(torch.bfloat16)``, or both."""
+        for arg in args:
+            if arg is None:
+                continue
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            else:
+                device = arg
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
+        for model in (self.tokenizer, self.generator):
+            model.to(device=device, dtype=dtype)
         return self
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """tqdm options of ``__call__``'s bar, as diffusers (``disable=True`` switches it off)."""
+        self._progress_bar_config = dict(kwargs)
+
+    def progress_bar(self, total: int, **overrides: Any) -> tqdm:
+        options = {"desc": f"sampling {self.name}".rstrip(), "unit": "clip" if self.is_video else "img",
+                   **self._progress_bar_config, **overrides}
+        return tqdm(total=total, **options)
 
     def make_sampler(self, sampler: Any = None, **options: Any):
         from vargen.samplers import Sampler, create_sampler
@@ -61,33 +128,209 @@ class Pipeline:
                  sample_offset: int = 0, sampler: Any = None, batch_size: int = 64,
                  progress: bool = False, **sampling_options: Any) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` in [-1, 1] for ``class_labels`` (a sequence or 1-D tensor of ints)."""
-        labels = torch.as_tensor(class_labels)  # dtype and shape are the sampler's check_labels
-        labels = labels.reshape(1) if labels.dim() == 0 else labels
-        if labels.numel() == 0:
-            raise ValueError("class_labels is empty: pass at least one class id")
+        labels = _labels(class_labels)
+        return self._sample(labels, lambda start, n: SampleRNG(
+            seed, range(sample_offset + start, sample_offset + start + n), device=self.device),
+            self.make_sampler(sampler, **sampling_options), batch_size, {"disable": not progress})
+
+    def _sample(self, labels: torch.Tensor, rng_for: Callable[[int, int], SampleRNG], sampler: Any,
+                batch_size: int, bar_options: Dict[str, Any], decode: bool = True) -> torch.Tensor:
+        """The loop of ``generate`` and ``__call__``; ``rng_for(start, n)`` seeds labels
+        ``start .. start + n``."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        sampler = self.make_sampler(sampler, **sampling_options)
         out, passes = [], 0
-        bar = tqdm(total=len(labels), desc=f"sampling {self.name}", unit="img", disable=not progress)
-        for start in range(0, len(labels), batch_size):
-            chunk = labels[start:start + batch_size].to(self.device)
-            rng = SampleRNG(seed, range(sample_offset + start, sample_offset + start + len(chunk)),
-                            device=self.device)
-            tokens = sampler(self.generator, chunk, rng)
-            passes += sampler.stats.get("forward_passes", 0)
-            out.append(self.tokenizer.decode(tokens).clamp(-1, 1).float().cpu())
-            bar.update(len(chunk))
-        bar.close()
+        with self.progress_bar(len(labels), **bar_options) as bar:
+            for start in range(0, len(labels), batch_size):
+                chunk = labels[start:start + batch_size].to(self.device)
+                tokens = sampler(self.generator, chunk, rng_for(start, len(chunk)))
+                passes += sampler.stats.get("forward_passes", 0)
+                out.append(self.tokenizer.decode(tokens).clamp(-1, 1).float().cpu() if decode
+                           else tokens.cpu())
+                bar.update(len(chunk))
         self.last_stats = {**sampler.stats, "forward_passes_total": passes}
         return torch.cat(out)
 
+    @torch.no_grad()
+    def __call__(self, class_labels: Union[int, Sequence[int], torch.Tensor],
+                 num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
+                 generator: Union[torch.Generator, Sequence[torch.Generator], None] = None,
+                 seed: Optional[int] = None, output_type: str = "pil", return_dict: bool = True,
+                 sampler: Any = None, batch_size: int = 64, **sampler_options: Any):
+        """diffusers' call (``DiTPipeline.__call__``): ``.images`` (``.videos``) for ``class_labels``.
+
+        ``guidance_scale`` is the sampler's ``cfg_scale``; ``num_inference_steps`` a flow sampler's
+        ``num_steps`` (a discrete sampler has no steps to set). Randomness is per sample: pass
+        ``generator`` as a list of ``torch.Generator``, one per label (sample ``i`` depends only on
+        ``generator[i]``, at any batch composition), or ``seed`` (as ``generate(seed=)``); with
+        neither, a seed is drawn from torch's global RNG (``torch.manual_seed`` makes it
+        reproducible). ``output_type``: ``"pil"``, ``"np"`` ([0, 1], channels last), ``"pt"``
+        (exactly ``generate``'s [-1, 1] tensor) or ``"latent"`` (the tokens). ``return_dict=False``
+        gives a one-element tuple. Other keywords are sampler options (``top_k=``, ``method=``).
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        labels = _labels(class_labels)
+        options = self._call_options(sampler, num_inference_steps, guidance_scale, sampler_options)
+        rng_for = self._rng_source(len(labels), generator, seed)
+        sampler = self.make_sampler(sampler, **options)
+        decoded = self._sample(labels, rng_for, sampler, batch_size, {}, decode=output_type != "latent")
+        result = decoded if output_type in ("pt", "latent") else _postprocess(decoded, output_type)
+        if not return_dict:
+            return (result,)
+        if self.is_video:
+            return VideoPipelineOutput(videos=result)
+        return ImagePipelineOutput(images=result)
+
+    def _call_options(self, sampler: Any, num_inference_steps: Optional[int],
+                      guidance_scale: Optional[float], options: Dict[str, Any]) -> Dict[str, Any]:
+        """diffusers' argument names -> the sampler's (``num_steps``, ``cfg_scale``), refused by name
+        where the sampler has no such option."""
+        from vargen.samplers import SAMPLERS
+        name = getattr(sampler, "name", None) or sampler or self.default_sampler
+        accepted = SAMPLERS[name].option_names() if name in SAMPLERS else []  # make_sampler refuses
+        options = dict(options)
+        for argument, option, value in (("num_inference_steps", "num_steps", num_inference_steps),
+                                        ("guidance_scale", "cfg_scale", guidance_scale)):
+            if value is None:
+                continue
+            if option in options:
+                raise ValueError(f"pass {argument} or {option}, not both")
+            if option not in accepted:
+                takers = sorted(n for n, cls in SAMPLERS.items() if option in cls.option_names())
+                why = ("it is discrete, its forward passes are fixed by the token grid"
+                       if option == "num_steps" else f"it has no {option}")
+                raise ValueError(f"{argument} does not apply to the {name!r} sampler: {why}; "
+                                 f"{argument} sets {option} of the {', '.join(takers)} samplers")
+            if option == "num_steps" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"num_inference_steps must be an int, got {value!r}")
+            options[option] = value
+        return options
+
+    def _rng_source(self, n: int, generator: Any,
+                    seed: Optional[int]) -> Callable[[int, int], SampleRNG]:
+        """``rng_for(start, count)`` for labels ``start..start+count`` of a call of ``n`` labels."""
+        if generator is not None and seed is not None:
+            raise ValueError("pass generator (a list, one per sample) or seed, not both")
+        if generator is None:
+            if seed is None:
+                seed = int(torch.randint(_SEED_HIGH, (1,)))  # torch's global RNG, like diffusers
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise TypeError(f"seed must be an int, got {seed!r}")
+            return lambda start, count: SampleRNG(seed, range(start, start + count), device=self.device)
+        if isinstance(generator, torch.Generator):
+            if n != 1:
+                raise ValueError(f"generator: one torch.Generator cannot seed {n} samples one by one; "
+                                 f"pass a list with one per sample (generator=[torch.Generator()"
+                                 f".manual_seed(s) for s in range({n})]) or seed=int")
+            generator = [generator]
+        if not (isinstance(generator, (list, tuple))
+                and all(isinstance(g, torch.Generator) for g in generator)):
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got "
+                            f"{type(generator).__name__}")
+        if len(generator) != n:
+            raise ValueError(f"generator: a list of {len(generator)} torch.Generators for {n} class "
+                             f"labels; pass exactly one per sample")
+        # One seed per sample, drawn from its own generator: sample i depends on generator[i] only.
+        seeds = [int(torch.randint(_SEED_HIGH, (1,), generator=g, device=g.device)) for g in generator]
+        return lambda start, count: SampleRNG.from_seeds(seeds[start:start + count], device=self.device)
+
+    def save_pretrained(self, save_directory: Union[str, Path]) -> Path:
+        """Write ``pipeline.json`` (component classes, sampler and options) plus ``tokenizer/`` and
+        ``generator/`` (each model's ``save_pretrained``), atomically: a killed save leaves
+        nothing. An existing folder is replaced only if it is empty or a saved pipeline."""
+        target = Path(save_directory)
+        if target.exists() and (not target.is_dir() or (any(target.iterdir())
+                                                        and not (target / PIPELINE_INDEX).is_file())):
+            raise FileExistsError(f"{target} exists and is not a saved pipeline (no {PIPELINE_INDEX}); "
+                                  f"choose another folder")
+        index = {"_class_name": type(self).__name__, "_vargen_version": _version(), "name": self.name,
+                 "sampler": self.default_sampler, "sampler_options": self.sampler_options,
+                 **{c: ["vargen", type(getattr(self, c)).__name__] for c in COMPONENTS}}
+        text = json.dumps(index, indent=2, sort_keys=True)  # fails before anything is written
+
+        def write(folder: Path) -> None:
+            for component in COMPONENTS:
+                getattr(self, component).save_pretrained(folder / component)
+            (folder / PIPELINE_INDEX).write_text(text)
+        return atomic_dir(target, write)
+
+
+def _labels(class_labels: Union[int, Sequence[int], torch.Tensor]) -> torch.Tensor:
+    labels = torch.as_tensor(class_labels)  # dtype and shape are the sampler's check_labels
+    labels = labels.reshape(1) if labels.dim() == 0 else labels
+    if labels.numel() == 0:
+        raise ValueError("class_labels is empty: pass at least one class id")
+    return labels
+
+
+def _postprocess(pixels: torch.Tensor, output_type: str) -> Union[np.ndarray, List[Any]]:
+    """``[N, C, H, W]`` / ``[N, C, T, H, W]`` in [-1, 1] -> channels-last ``"np"`` in [0, 1], or PIL
+    images (one list of frames per clip) from :func:`vargen.images.to_uint8`'s bytes."""
+    from vargen.images import to_uint8
+    last = (0, *range(2, pixels.dim()), 1)  # channels last: N(T)HWC
+    if output_type == "np":
+        return ((pixels + 1) / 2).permute(*last).numpy()
+    from PIL import Image
+    frames = to_uint8(pixels).permute(*last).numpy()
+    frames = frames[..., 0] if frames.shape[-1] == 1 else frames  # grey: mode "L"
+    if pixels.dim() == 5:
+        return [[Image.fromarray(frame) for frame in clip] for clip in frames]
+    return [Image.fromarray(image) for image in frames]
+
+
+def _version() -> str:
+    from importlib.metadata import version
+    return version("vargen")
+
 
 def load_pipeline(name: str, pretrained: bool = True, device: Union[str, torch.device] = "cpu",
-                  tokenizer_weights: Any = None, generator_weights: Any = None) -> Pipeline:
-    """Build pipeline ``name``: registered weights by default (``pretrained=False``: random
-    init), or explicit ``*_weights`` (a folder, Hub repo id or official checkpoint file)."""
-    spec = get_pipeline_spec(name)
-    tokenizer = create_model(spec.tokenizer, pretrained=tokenizer_weights or pretrained)
-    generator = create_model(spec.generator, pretrained=generator_weights or pretrained)
-    return Pipeline(tokenizer, generator, spec.sampler, spec.sampler_options, name).to(device)
+                  tokenizer_weights: Any = None, generator_weights: Any = None,
+                  torch_dtype: Optional[torch.dtype] = None, *, revision: Optional[str] = None,
+                  cache_dir: Optional[str] = None, local_files_only: bool = False,
+                  token: Optional[str] = None) -> Pipeline:
+    """Build pipeline ``name``: a registered name (its registered weights by default;
+    ``pretrained=False``: random init; explicit ``*_weights``: a folder, Hub repo id or official
+    checkpoint file), or a folder / Hub repo id written by :meth:`Pipeline.save_pretrained`
+    (Hub cache and ``HF_HUB_OFFLINE`` respected; a registered name wins over a same-named folder,
+    use ``./name``). ``torch_dtype`` casts both models (e.g. ``torch.bfloat16``)."""
+    if name in list_pipelines():
+        spec = get_pipeline_spec(name)
+        tokenizer = create_model(spec.tokenizer, pretrained=tokenizer_weights or pretrained)
+        generator = create_model(spec.generator, pretrained=generator_weights or pretrained)
+        pipe = Pipeline(tokenizer, generator, spec.sampler, spec.sampler_options, name)
+    else:
+        if tokenizer_weights is not None or generator_weights is not None or pretrained is not True:
+            raise ValueError("pretrained, tokenizer_weights and generator_weights apply to registered "
+                             "pipeline names; a saved pipeline loads its own weights")
+        pipe = _load_saved(name, revision=revision, cache_dir=cache_dir,
+                           local_files_only=local_files_only, token=token)
+    return pipe.to(device, torch_dtype)
+
+
+def _load_saved(source: str, **hub_kwargs: Any) -> Pipeline:
+    """A :meth:`Pipeline.save_pretrained` folder or Hub repo (any other name: the registry's error)."""
+    if not os.path.isdir(source) and source.count("/") != 1:
+        get_pipeline_spec(source)  # unknown pipeline: names the registered ones
+    index_path = Path(resolve_file(source, PIPELINE_INDEX, **hub_kwargs))  # clear error if absent
+    folder = index_path.parent
+    if not os.path.isdir(source):  # a Hub repo: the components too (from the cache when offline)
+        from huggingface_hub import snapshot_download
+        folder = Path(snapshot_download(source, **hub_kwargs))
+        index_path = folder / PIPELINE_INDEX
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {index_path}: {e}") from e
+    models = {}
+    for component in COMPONENTS:
+        entry = index.get(component)
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "vargen"):
+            raise ValueError(f"{index_path}: {component!r} must be [\"vargen\", CLASS], got {entry!r}")
+        cls = model_class_named(entry[1], kind=component, where=str(index_path))
+        models[component] = cls.from_pretrained(folder / component)
+    return Pipeline(models["tokenizer"], models["generator"], index.get("sampler", "raster"),
+                    index.get("sampler_options", {}), index.get("name", ""))
+
+
+__all__ = ["Pipeline", "ImagePipelineOutput", "VideoPipelineOutput", "load_pipeline", "PIPELINE_INDEX"]

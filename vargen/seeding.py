@@ -38,6 +38,15 @@ class SampleRNG:
             g.manual_seed(sample_seed(seed, i))
             self.generators.append(g)
 
+    @classmethod
+    def from_seeds(cls, seeds: Sequence[int], device: Union[str, torch.device] = "cpu") -> "SampleRNG":
+        """One generator per sample seeded with ``seeds[i]`` itself (seeds drawn from a caller's
+        per-sample ``torch.Generator`` list, diffusers-style)."""
+        rng = cls(0, [], device)
+        rng.seed, rng.indices = None, list(range(len(seeds)))
+        rng.generators = [torch.Generator(device=rng.device).manual_seed(int(s)) for s in seeds]
+        return rng
+
     def __len__(self) -> int:
         return len(self.generators)
 
