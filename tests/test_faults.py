@@ -22,14 +22,16 @@ from test_eval import tiny_pipeline
 
 
 # ------------------------------------------------------------------------------- eval.sample
-def test_too_many_classes_is_refused_before_anything_is_written(tmp_path, capsys):
+def test_too_many_classes_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    import vargen.pipeline
+    monkeypatch.setattr(vargen.pipeline, "load_pipeline", lambda name, device: tiny_pipeline())
     out = tmp_path / "run"
-    argv = ["--model", "nar-mnist", "--num-samples", "4", "--batch-size", "2", "--shard-size", "2",
+    argv = ["--model", "tiny", "--num-samples", "4", "--batch-size", "2", "--shard-size", "2",
             "--no-progress", "--out", str(out)]
     with pytest.raises(SystemExit) as exit_:
         eval_sample.main(argv + ["--num-classes", "20"])
     assert exit_.value.code == 2
-    assert "--num-classes 20 exceeds the 10 classes of nar-mnist" in capsys.readouterr().err
+    assert "--num-classes 20 exceeds the 10 classes of tiny" in capsys.readouterr().err
     assert not out.exists()
     assert eval_sample.main(argv) == out / "samples.npz"  # the corrected rerun
 
