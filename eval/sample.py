@@ -128,8 +128,8 @@ def generate_samples(pipeline: Any, num_samples: int, out_dir: Union[str, Path],
     Shard ``j`` holds samples ``[j * shard_size, (j + 1) * shard_size)`` and belongs to rank
     ``j % world_size``; finished shards are skipped, and a killed shard continues after its last
     finished batch (part files, joined into the shard once it is whole). ``max_shards`` stops this
-    process after writing that many shards (an interrupted run, for tests). Returns the merged ``.npz`` path on rank 0
-    once every shard exists, else None.
+    process after writing that many shards (an interrupted run, for tests). Returns the merged
+    ``.npz`` path on rank 0 once every shard exists, else None.
     """
     if num_samples <= 0 or shard_size <= 0 or batch_size <= 0:
         raise ValueError(f"num_samples, shard_size and batch_size must be positive, got "
