@@ -79,13 +79,16 @@ def _add_ref_stats(sub):
     p = sub.add_parser("ref-stats", help="write ADM-style reference statistics (mu/sigma, mu_s/sigma_s)")
     p.add_argument("dataset", help="dataset name (mnist:heldout), image folder or .npz")
     p.add_argument("out", help="output .npz")
+    p.add_argument("--save-every", type=int, default=5000,
+                   help="save resumable progress (OUT.progress) every N images; a rerun continues from it")
     _add_inception_args(p)
 
     def run(args):
         from vargen.eval.inception import InceptionFeatures, resolve_device
         from vargen.eval.metrics import reference_statistics
         extractor = InceptionFeatures(args.inception_weights).to(resolve_device(args.device))
-        info = reference_statistics(args.dataset, args.out, extractor, batch_size=args.batch_size, limit=args.limit)
+        info = reference_statistics(args.dataset, args.out, extractor, batch_size=args.batch_size, limit=args.limit,
+                                    save_every=args.save_every)
         _print_table(f"wrote {args.out}", info)
         _write_json(args.json, info)
     p.set_defaults(run=run)

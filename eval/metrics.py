@@ -18,10 +18,12 @@ plus KID from one pass over each image set.
 """
 from __future__ import annotations
 
+import json
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import scipy.linalg
@@ -30,8 +32,8 @@ from tqdm.auto import tqdm
 
 from vargen.data.folder import list_images, open_rgb
 from vargen.eval.inception import RANDOM_SOURCE, InceptionFeatures, default_batch_size, resolve_device
-from vargen.eval.stats import (FeatureStats, check_images_nhwc, load_stats, npz_image_batches, save_stats,
-                               write_json)
+from vargen.eval.stats import (FeatureStats, check_images_nhwc, load_stats, npz_image_batches, save_npz,
+                               save_stats, write_json)
 from vargen.images import to_uint8
 
 ImageSource = Union[str, Path, torch.Tensor, np.ndarray]
@@ -212,21 +214,28 @@ def _device_of(extractor: Any) -> torch.device:
 
 def extract(source: ImageSource, extractor: InceptionFeatures, keep: int = 0, logits: bool = False,
             batch_size: Optional[int] = None, limit: Optional[int] = None, desc: str = "features",
-            spatial: bool = False) -> Features:
+            spatial: bool = False, start: Optional[Features] = None, skip: int = 0,
+            on_batch: Optional[Callable[[int, Features], None]] = None) -> Features:
     """Stream ``source`` through ``extractor`` once: pool3 statistics (+ up to ``keep`` raw rows), and
     if asked the spatial statistics and the ``[N, 1008]`` logits. ``batch_size`` None: sized for the
-    extractor's device (:func:`~vargen.eval.inception.default_batch_size`)."""
+    extractor's device (:func:`~vargen.eval.inception.default_batch_size`). A resumed pass adds to
+    ``start``, the features of its first ``skip`` batches; ``on_batch(batches_done, features)``
+    runs after every batch."""
     batch_size = batch_size or default_batch_size(_device_of(extractor))
-    out = Features(FeatureStats(keep=keep), FeatureStats() if spatial else None)
+    out = start or Features(FeatureStats(keep=keep), FeatureStats() if spatial else None)
     all_logits = []
-    for batch in tqdm(image_batches(source, batch_size, limit), desc=desc, unit="batch", leave=False,
-                      disable=not sys.stderr.isatty()):
+    for i, batch in enumerate(tqdm(image_batches(source, batch_size, limit), desc=desc, unit="batch",
+                                   leave=False, disable=not sys.stderr.isatty())):
+        if i < skip:
+            continue
         features = extractor(batch)
         out.pool.update(features["2048"])
         if spatial:
             out.spatial.update(features["spatial"])
         if logits:
             all_logits.append(features["logits_unbiased"].cpu())
+        if on_batch is not None:
+            on_batch(i + 1, out)
     if out.n == 0:
         raise ValueError(f"{source!s:.80}: no images")
     out.logits = torch.cat(all_logits) if logits else None
@@ -234,15 +243,55 @@ def extract(source: ImageSource, extractor: InceptionFeatures, keep: int = 0, lo
 
 
 def reference_statistics(source: ImageSource, out: Union[str, Path], extractor: Optional[InceptionFeatures] = None,
-                         batch_size: Optional[int] = None, limit: Optional[int] = None, **inception: Any
-                         ) -> Dict[str, Any]:
-    """Write ADM-style ``mu``/``sigma`` and spatial ``mu_s``/``sigma_s`` of ``source`` to ``out``."""
+                         batch_size: Optional[int] = None, limit: Optional[int] = None, save_every: int = 5000,
+                         **inception: Any) -> Dict[str, Any]:
+    """Write ADM-style ``mu``/``sigma`` and spatial ``mu_s``/``sigma_s`` of ``source`` to ``out``.
+
+    Resumable: every ``save_every`` images the running sums go to ``OUT.progress`` (atomically); a
+    rerun of the same command skips the batches they hold and adds to them in the same order, so
+    its ``out`` is byte-identical to an uninterrupted run's. Tensors and arrays are not resumed."""
     extractor = extractor or InceptionFeatures(**inception)
-    feats = extract(source, extractor, batch_size=batch_size, limit=limit, desc="reference", spatial=True)
+    batch_size = batch_size or default_batch_size(_device_of(extractor))
+    resumable = isinstance(source, (str, Path))
+    progress = Path(f"{out}.progress")
+    key = json.dumps({"source": str(source), "limit": limit, "batch_size": batch_size,
+                      "inception_weights": extractor.weights_source}, sort_keys=True)
+    start, skip = _load_progress(progress, key, _device_of(extractor)) if resumable else (None, 0)
+    if start is not None:
+        print(f"vargen ref-stats: resuming from {progress}: {start.n} images ({skip} batches) done, "
+              f"skipping them", file=sys.stderr, flush=True)
+    saved = [start.n if start is not None else 0]
+
+    def save(batches: int, feats: Features) -> None:
+        if resumable and feats.n - saved[0] >= save_every:
+            save_npz(progress, key=np.str_(key), batches=np.int64(batches), **feats.pool.state("pool_"),
+                     **feats.spatial.state("spatial_"))
+            saved[0] = feats.n
+    feats = extract(source, extractor, batch_size=batch_size, limit=limit, desc="reference", spatial=True,
+                    start=start, skip=skip, on_batch=save)
     info = {"num_images": feats.n, **extractor.describe()}
     save_stats(out, feats.pool.mu, feats.pool.sigma, feats.spatial.mu, feats.spatial.sigma,
                num_images=np.int64(feats.n), inception_weights=np.str_(extractor.weights_source))
+    progress.unlink(missing_ok=True)
     return info
+
+
+def _load_progress(path: Path, key: str, device: torch.device) -> Tuple[Optional[Features], int]:
+    """The features a killed ``reference_statistics`` run saved and how many batches they hold, if
+    it was this same run."""
+    if not path.exists():
+        return None, 0
+    try:
+        with np.load(path) as saved:
+            if str(saved["key"]) != key:
+                print(f"vargen ref-stats: ignoring {path}: written by another run ({saved['key']})",
+                      file=sys.stderr)
+                return None, 0
+            return (Features(FeatureStats.from_state(saved, "pool_", device),
+                             FeatureStats.from_state(saved, "spatial_", device)), int(saved["batches"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} (the progress of a killed run) cannot be read: {e}; delete it "
+                         f"to start over") from e
 
 
 def _stored_statistics(reference: ImageSource) -> Optional[Dict[str, Any]]:

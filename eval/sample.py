@@ -8,13 +8,17 @@ barrier, rank 0 writes ``arr_0`` uint8 NHWC) with three changes that make runs r
 labels are class-balanced by index (sample ``i`` has class ``i % num_classes``, MAR/xAR style);
 sample ``i`` draws its noise from ``(seed, i)`` (``Pipeline.generate(..., sample_offset=i0)``), so
 images do not depend on the number of processes or the batch size; and work is cut into shards
-written atomically, so a killed run resumes by skipping finished shards.
+written atomically, so a killed run resumes by skipping finished shards. Inside a shard every batch
+is kept as a part file (``part-START-STOP.npz``) until the shard is whole, so a kill loses at most
+one batch; a resumed shard continues at the batch boundaries of an uninterrupted run, so its file is
+byte-identical.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -53,10 +57,33 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def part_path(out_dir: Path, start: int, stop: int) -> Path:
+    return out_dir / f"part-{start:09d}-{stop:09d}.npz"
+
+
+def _parts(out_dir: Path) -> Dict[int, Path]:
+    """Part files by their first sample index (stop from the name)."""
+    found = {}
+    for path in out_dir.glob("part-*-*.npz"):
+        start, _, stop = path.stem[len("part-"):].partition("-")
+        if start.isdigit() and stop.isdigit():
+            found[int(start)] = path
+    return found
+
+
+def _has_results(out_dir: Path) -> bool:
+    return any(out_dir.glob("shard-*.npz")) or bool(_parts(out_dir))
+
+
 def _check_manifest(out_dir: Path, manifest: Dict[str, Any], rank: int) -> None:
+    """Rank 0 writes the manifest of a new run (or over one that left no shard); every rank then
+    checks that the folder belongs to this run."""
     path = out_dir / MANIFEST
-    if rank == 0 and not path.exists():
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True)))
+    if rank == 0:
+        saved = json.loads(path.read_text()) if path.exists() else None
+        if saved != manifest and (saved is None or not _has_results(out_dir)):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True)))
     _barrier()
     saved = json.loads(path.read_text())
     if saved != manifest:
@@ -99,21 +126,26 @@ def generate_samples(pipeline: Any, num_samples: int, out_dir: Union[str, Path],
     """Generate ``num_samples`` class-balanced images of ``pipeline`` into ``out_dir`` and merge them.
 
     Shard ``j`` holds samples ``[j * shard_size, (j + 1) * shard_size)`` and belongs to rank
-    ``j % world_size``; finished shards are skipped. ``max_shards`` stops this process after writing
-    that many shards (an interrupted run, for tests). Returns the merged ``.npz`` path on rank 0
-    once every shard exists, else None.
+    ``j % world_size``; finished shards are skipped, and a killed shard continues after its last
+    finished batch (part files, joined into the shard once it is whole). ``max_shards`` stops this
+    process after writing that many shards (an interrupted run, for tests). Returns the merged
+    ``.npz`` path on rank 0 once every shard exists, else None.
     """
     if num_samples <= 0 or shard_size <= 0 or batch_size <= 0:
         raise ValueError(f"num_samples, shard_size and batch_size must be positive, got "
                          f"{num_samples}, {shard_size}, {batch_size}")
-    if hasattr(pipeline, "make_sampler"):  # a bad sampler option fails before anything is written
+    # Everything is checked before the manifest is written: a refused run leaves nothing behind.
+    if hasattr(pipeline, "make_sampler"):
         pipeline.make_sampler(sampler, **sampling_options)
-    num_classes = num_classes or getattr(pipeline.generator, "num_classes", None)
+    model_classes = getattr(pipeline.generator, "num_classes", None)
+    num_classes = num_classes or model_classes
     if not num_classes:
         raise ValueError("cannot tell the number of classes from the pipeline; pass num_classes")
+    if model_classes and num_classes > model_classes:
+        raise ValueError(f"--num-classes {num_classes} exceeds the {model_classes} classes of "
+                         f"{getattr(pipeline, 'name', '') or 'the generator'}; pass at most {model_classes}")
     rank, world_size = _dist_info(rank, world_size)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     sampler_name = sampler if isinstance(sampler, str) or sampler is None else type(sampler).__name__
     manifest = {"pipeline": getattr(pipeline, "name", ""), "num_samples": num_samples, "seed": seed,
                 "shard_size": shard_size, "num_classes": int(num_classes), "sampler": sampler_name,
@@ -121,21 +153,43 @@ def generate_samples(pipeline: Any, num_samples: int, out_dir: Union[str, Path],
     _check_manifest(out_dir, manifest, rank)
 
     num_shards = -(-num_samples // shard_size)
-    mine = [j for j in range(rank, num_shards, world_size) if not shard_path(out_dir, j).exists()]
-    todo = sum(min(shard_size, num_samples - j * shard_size) for j in mine)
-    bar = tqdm(total=todo, desc=f"sampling {manifest['pipeline'] or 'pipeline'}", unit="img",
-               disable=not progress or rank != 0)
-    for written, j in enumerate(mine):
+    bounds = {j: (j * shard_size, min((j + 1) * shard_size, num_samples)) for j in range(num_shards)}
+    mine = [j for j in range(rank, num_shards, world_size)]
+    finished = [j for j in mine if shard_path(out_dir, j).exists()]
+    parts = _parts(out_dir)
+    kept = {j: _kept_parts(out_dir, parts, *bounds[j], batch_size, finished=j in finished) for j in mine}
+    kept = {j: kept[j] for j in mine if j not in finished}
+    done = sum(bounds[j][1] - bounds[j][0] for j in finished) + sum(stop - bounds[j][0] for j, (_, stop) in kept.items())
+    total = sum(bounds[j][1] - bounds[j][0] for j in mine)
+    if done and rank == 0:
+        partial = [f"shard {j} continues at sample {stop}" for j, (_, stop) in kept.items() if stop > bounds[j][0]]
+        print(f"vargen.eval.sample: resuming {out_dir}: {len(finished)} of {len(mine)} shard(s) done "
+              f"(skipped)" + (f"; {', '.join(partial)}" if partial else ""), file=sys.stderr, flush=True)
+    bar = tqdm(total=total, initial=done, desc=f"sampling {manifest['pipeline'] or 'pipeline'}", unit="img",
+               disable=not progress or rank != 0, dynamic_ncols=True)
+    written = 0
+    for j in mine:
+        if j in finished:
+            continue
         if max_shards is not None and written >= max_shards:
             bar.close()
             return None  # simulated interruption
-        start, stop = j * shard_size, min((j + 1) * shard_size, num_samples)
-        labels = class_balanced_labels(start, stop, num_classes)
-        images = pipeline.generate(labels, seed=seed, sample_offset=start, sampler=sampler,
-                                   batch_size=batch_size, **sampling_options)
-        save_npz(shard_path(out_dir, j), images=to_uint8(images).permute(0, 2, 3, 1).numpy(),
-                 labels=labels.numpy(), indices=np.arange(start, stop))
-        bar.update(stop - start)
+        start, stop = bounds[j]
+        files, at = kept[j]
+        for a in range(at, stop, batch_size):
+            b = min(a + batch_size, stop)
+            labels = class_balanced_labels(a, b, num_classes)
+            images = pipeline.generate(labels, seed=seed, sample_offset=a, sampler=sampler,
+                                       batch_size=batch_size, **sampling_options)
+            files.append(part_path(out_dir, a, b))
+            save_npz(files[-1], images=to_uint8(images).permute(0, 2, 3, 1).numpy())
+            bar.update(b - a)
+        images = np.concatenate([_part_images(f) for f in files])
+        save_npz(shard_path(out_dir, j), images=images, labels=class_balanced_labels(start, stop, num_classes).numpy(),
+                 indices=np.arange(start, stop))
+        for f in files:
+            f.unlink()
+        written += 1
     bar.close()
 
     _barrier()
@@ -147,6 +201,27 @@ def generate_samples(pipeline: Any, num_samples: int, out_dir: Union[str, Path],
         print(f"vargen.eval.sample: {len(missing)} shard(s) still missing (e.g. {missing[:5]}); rerun to resume")
         return None
     return merge_shards(out_dir, num_shards, out_dir / out_name)
+
+
+def _part_images(path: Path) -> np.ndarray:
+    with load_npz(path) as part:
+        return part["images"]
+
+
+def _kept_parts(out_dir: Path, parts: Dict[int, Path], start: int, stop: int, batch_size: int,
+                finished: bool = False) -> tuple:
+    """The part files of a killed shard that an uninterrupted run would have written (batches of
+    ``batch_size`` from ``start``), and where the shard continues. Other parts of the shard (another
+    batch size; all of them once the shard is whole) are deleted, so the shard's batches, hence its
+    bytes, are an uninterrupted run's."""
+    files, at = [], start
+    while not finished and at in parts and parts[at] == part_path(out_dir, at, min(at + batch_size, stop)):
+        files.append(parts[at])
+        at = min(at + batch_size, stop)
+    for first, path in parts.items():
+        if start <= first < stop and path not in files:
+            path.unlink()
+    return files, at
 
 
 def init_distributed() -> tuple:

@@ -52,6 +52,23 @@ class FeatureStats:
             self._kept.append(take)
             self._n_kept += take.shape[0]
 
+    def state(self, prefix: str) -> Dict[str, np.ndarray]:
+        """The running sums as arrays named ``prefix + key`` (a resumable pass saves them)."""
+        if self.keep:
+            raise ValueError("raw features kept for KID / precision-recall are not saved")
+        self._check(1)
+        return {prefix + "n": np.int64(self.n), prefix + "sum": self.sum.cpu().numpy(),
+                prefix + "outer": self.outer.cpu().numpy()}
+
+    @classmethod
+    def from_state(cls, arrays: Any, prefix: str, device: Any = "cpu") -> "FeatureStats":
+        """Inverse of :meth:`state`; the sums go back to ``device``, where the pass adds to them."""
+        stats = cls()
+        stats.n = int(arrays[prefix + "n"])
+        stats.sum = torch.from_numpy(arrays[prefix + "sum"]).to(device)
+        stats.outer = torch.from_numpy(arrays[prefix + "outer"]).to(device)
+        return stats
+
     @property
     def mu(self) -> np.ndarray:
         self._check(1)

@@ -15,7 +15,8 @@ class Generator(VargenModule):
     Subclasses set ``default_sampler`` (a ``vargen.samplers`` name), ``is_discrete`` and a
     ``token_grid`` property: the grid of token positions, ``(h, w)`` or ``(T, H, W)``. One
     sample's tokens are ``token_shape``: the grid of ids, or ``(C, *token_grid)`` latents. The
-    class index ``num_classes`` is the null class used for classifier-free guidance.
+    class index ``num_classes`` is the null class used for classifier-free guidance (None for a
+    checkpoint whose class table has no null row).
     """
 
     kind = "generator"
@@ -36,8 +37,8 @@ class Generator(VargenModule):
         return self.config.num_classes
 
     @property
-    def null_class(self) -> int:
-        return self.config.num_classes
+    def null_class(self) -> Optional[int]:
+        return self.config.num_classes if self.cls_embedding.has_null else None
 
     @property
     def token_grid(self) -> tuple:

@@ -31,7 +31,7 @@ import torch
 @runtime_checkable
 class Conditional(Protocol):
     num_classes: int
-    null_class: int
+    null_class: Optional[int]  # None: no null row, no CFG
     device: torch.device
 
     def check_labels(self, labels: torch.Tensor, allow_null: bool = False) -> None: ...

@@ -110,7 +110,7 @@ class FlowSampler(Sampler):
         # The cache rows are fixed once the first context is committed: double them if any
         # later entity is guided.
         doubled_context = any(s != 1.0 for s in scales[1:])
-        both = cfg_labels(labels, model.null_class)
+        both = cfg_labels(labels, model.null_class) if self.guidance.uses_cfg else labels
         ts = flow_timesteps(self.method, self.num_steps, self.t_min)
         calls, rows_tokens = 0, 0
         entities: List[torch.Tensor] = []

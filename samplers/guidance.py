@@ -9,6 +9,7 @@ expression is the official drift guidance), ``torch.lerp(uncond, cond, s)`` for 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -42,7 +43,7 @@ class Guidance:
             return 1.0 + (self.cfg_scale - 1.0) * done / max(total - 1, 1)
         return self.cfg_scale
 
-    def labels(self, labels: torch.Tensor, null_class: int) -> torch.Tensor:
+    def labels(self, labels: torch.Tensor, null_class: Optional[int]) -> torch.Tensor:
         """The batch the generator runs on: ``[B]``, or ``[2B]`` with the null class appended."""
         return cfg_labels(labels, null_class) if self.uses_cfg else labels
 
@@ -76,6 +77,11 @@ class Guidance:
         return cond if scale == 1.0 else self.mix(out, scale, rule)
 
 
-def cfg_labels(labels: torch.Tensor, null_class: int) -> torch.Tensor:
+def cfg_labels(labels: torch.Tensor, null_class: Optional[int]) -> torch.Tensor:
     """``[B]`` -> ``[2B]``: conditional labels followed by the null class."""
+    if null_class is None:
+        raise ValueError("classifier-free guidance (cfg_scale != 1) needs a null class, but this "
+                         "generator has none: its cls_embedding.embedding_table holds only the "
+                         "class rows (trained with class_dropout_prob=0, as the official "
+                         "LabelEmbedder builds it); sample with cfg_scale=1")
     return torch.cat([labels, torch.full_like(labels, null_class)])

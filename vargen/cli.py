@@ -151,4 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m vargen.cli``: plugins register their commands in the imported ``vargen.cli``,
+    # not in this ``__main__`` copy of it, so run that module's main.
+    from vargen.cli import main as _main
+    sys.exit(_main())

@@ -13,13 +13,16 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
+import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Callable, Dict, Mapping, Optional, Type, TypeVar, Union
 
 import torch
 import torch.nn as nn
-from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -27,6 +30,10 @@ from safetensors.torch import load_file, save_file
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 OFFICIAL_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+# Seconds to wait for the Hub's TCP handshake before giving up (huggingface_hub retries an
+# unreachable host with backoff for ~25 s); a proxy in the environment skips the probe.
+HUB_CONNECT_TIMEOUT = 5.0
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 # Keys under which official training scripts nest the weights, in the order they are tried.
 CHECKPOINT_LAYOUTS = ("model", "module", "state_dict", "model_ema", "ema")
 # MAR-family training checkpoints hold "model" and "model_ema", and their evaluation uses the EMA.
@@ -132,6 +139,22 @@ def resolve_file(source: str, filename: str, **hub_kwargs: Any) -> str:
         return path
     if os.path.exists(source) or source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise FileNotFoundError(f"{source!r} is neither a folder with {filename} nor a Hub repo id")
+    offline = constants.HF_HUB_OFFLINE or hub_kwargs.get("local_files_only")
+    if not offline:
+        cached = try_to_load_from_cache(source, filename, cache_dir=hub_kwargs.get("cache_dir"),
+                                        revision=hub_kwargs.get("revision"))
+        unreachable = _hub_unreachable()
+        if unreachable:
+            if isinstance(cached, str):
+                return cached  # what hf_hub_download falls back to, without its retries
+            raise FileNotFoundError(
+                f"{source}/{filename} is not in the local Hugging Face cache and the Hub at "
+                f"{constants.ENDPOINT} cannot be reached ({unreachable}). Download it on a machine "
+                f"with network (huggingface-cli download {source} {filename}), pass a local path, "
+                f"or set HF_HUB_OFFLINE=1 to use only the cache.")
+        if not isinstance(cached, str):
+            print(f"vargen: downloading {source}/{filename} from {constants.ENDPOINT} ...",
+                  file=sys.stderr, flush=True)
     try:
         return hf_hub_download(repo_id=source, filename=filename, **hub_kwargs)
     except LocalEntryNotFoundError as e:
@@ -142,6 +165,20 @@ def resolve_file(source: str, filename: str, **hub_kwargs: Any) -> str:
             f"path.") from e
     except EntryNotFoundError as e:
         raise FileNotFoundError(f"{filename} does not exist in Hub repo {source}") from e
+
+
+def _hub_unreachable() -> Optional[str]:
+    """Why the Hub endpoint's host refuses a TCP connection within ``HUB_CONNECT_TIMEOUT``, or None
+    when it accepts one (or a proxy is configured, which the probe cannot see through)."""
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_CONNECT_TIMEOUT).close()
+    except OSError as e:
+        return f"{url.hostname}:{port}: {e.strerror or e}"
+    return None
 
 
 def sha256_of(path: Union[str, Path], chunk: int = 1 << 20) -> str:
@@ -204,7 +241,13 @@ def load_official_checkpoint(path: Union[str, Path], prefer_ema: bool = False) -
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                            source: Any = "state dict") -> None:
-    """``load_state_dict(strict=True)`` with an error that lists every bad key and shape."""
+    """``load_state_dict(strict=True)`` with an error that lists every bad key and shape.
+
+    Modules with a ``fit_state_dict(state_dict, prefix)`` first adapt to the checkpoint where its
+    layout is a legitimate variant (a class table without the null row)."""
+    for name, module in model.named_modules():
+        if hasattr(module, "fit_state_dict"):
+            module.fit_state_dict(state_dict, prefix=f"{name}." if name else "")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))

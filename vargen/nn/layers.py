@@ -52,7 +52,9 @@ class LabelEmbedder(nn.Module):
     """Class embedding with one extra row (index ``num_classes``) as the null class for CFG.
 
     During training labels are replaced by the null class with probability ``dropout_prob``.
-    Key name ``embedding_table`` as in DiT / LlamaGen.
+    Key name ``embedding_table`` as in DiT / LlamaGen. The official LabelEmbedder builds the null
+    row only when ``dropout_prob > 0``; whether a loaded checkpoint has it is read from its table
+    size (:meth:`fit_state_dict`), not from a training option, and CFG needs it.
     """
 
     def __init__(self, num_classes: int, dim: int, dropout_prob: float = 0.1):
@@ -61,9 +63,24 @@ class LabelEmbedder(nn.Module):
         self.dropout_prob = dropout_prob
         self.embedding_table = nn.Embedding(num_classes + 1, dim)
 
+    @property
+    def has_null(self) -> bool:
+        return self.embedding_table.num_embeddings > self.num_classes
+
+    def fit_state_dict(self, state_dict: dict, prefix: str = "") -> None:
+        """Drop (or restore) the null row to match a checkpoint's table of ``num_classes`` (or
+        ``num_classes + 1``) rows; any other size is left to the strict loader's shape check."""
+        weight = state_dict.get(prefix + "embedding_table.weight")
+        table = self.embedding_table.weight
+        if weight is not None and weight.shape[0] != table.shape[0] and \
+                weight.shape[0] in (self.num_classes, self.num_classes + 1) and weight.shape[1:] == table.shape[1:]:
+            self.embedding_table = nn.Embedding(weight.shape[0], table.shape[1], device=table.device,
+                                                dtype=table.dtype)
+
     def check(self, labels: torch.Tensor, allow_null: bool = True) -> None:
         if labels.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"class labels must be integer tensors, got {labels.dtype}")
+        allow_null = allow_null and self.has_null
         high = self.num_classes + (1 if allow_null else 0)
         if labels.numel() and (labels.min() < 0 or labels.max() >= high):
             raise ValueError(f"class labels must be in [0, {self.num_classes - 1}]"
@@ -73,6 +90,10 @@ class LabelEmbedder(nn.Module):
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         self.check(labels)
         if self.training and self.dropout_prob > 0:
+            if not self.has_null:
+                raise ValueError(f"class dropout {self.dropout_prob} needs the null class, but "
+                                 f"embedding_table has only the {self.num_classes} class rows (loaded "
+                                 f"from a checkpoint trained with class_dropout_prob=0)")
             drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return self.embedding_table(labels)

@@ -26,7 +26,7 @@ _EXPORTS = {
     ".config": ("TrainConfig", "RESUME_KEYS", "command_line"),
     ".recipes": ("Recipe",),
     ".data": ("GlobalBatchSampler", "load_data", "load_tokenizer"),
-    ".checkpoint": ("CHECKPOINT_NAME", "LOG_NAME"),
+    ".checkpoint": ("CHECKPOINT_NAME", "LOG_NAME", "CheckpointError", "load_checkpoint"),
     ".loop": ("train", "lr_at", "update_ema"),
     ".card": ("model_card",),
 }

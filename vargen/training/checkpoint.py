@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
+import re
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -14,13 +17,41 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from vargen.hub import atomic_write
+from vargen.hub import WeightsError, atomic_write
 from vargen.seeding import sample_seed
 
 from .config import RESUME_KEYS, TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
+_CHECKPOINT_KEYS = ("model", "ema", "optimizer", "step", "wall_s", "rng", "train_config", "model_config")
+
+
+class CheckpointError(WeightsError):
+    """A run's ``checkpoint.pt`` that cannot be resumed from: truncated, corrupt or unsafe."""
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a run checkpoint, every failure a :class:`CheckpointError`
+    that names the file and the fix."""
+    fix = "delete it to start the run over, or pass a new --out"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused a global: the pickle would run code
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"cannot resume from {path}: it holds a pickled object other than "
+                              f"tensors{what}, refused by torch.load(weights_only=True); it is not a "
+                              f"vargen checkpoint: {fix}") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot resume from {path}: not a readable checkpoint (truncated or "
+                              f"corrupt: {reason}); {fix}") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"cannot resume from {path}: not a vargen train checkpoint (missing "
+                              f"{missing}); {fix}")
+    return ckpt
 
 
 def rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
@@ -65,7 +96,7 @@ def resume(path: Path, cfg: TrainConfig, model: nn.Module, ema: Optional[nn.Modu
     if not path.exists():
         torch.manual_seed(sample_seed(cfg.seed, rank))
         return 0, 0.0
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path)
     saved, now = ckpt["train_config"], dataclasses.asdict(cfg)
     keys = RESUME_KEYS + (("steps",) if cfg.schedule == "cosine" else ())
     changed = [k for k in keys if _as_tuple(saved.get(k)) != _as_tuple(now[k])]
@@ -80,6 +111,8 @@ def resume(path: Path, cfg: TrainConfig, model: nn.Module, ema: Optional[nn.Modu
         ema.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     step = ckpt["step"]
+    if rank == 0:
+        print(f"vargen train: resumed from step {step} ({path})", file=sys.stderr, flush=True)
     if len(ckpt["rng"]) == world_size:
         set_rng_state(ckpt["rng"][rank], device)
     else:  # a different process count cannot replay the old random streams
