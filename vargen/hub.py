@@ -330,7 +330,6 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
             os.remove(tmp)
 
 
-
 def atomic_dir(path: Path, write: Callable[[Path], Any]) -> Path:
     """Fill a temporary sibling folder with ``write(tmp)``, then rename it to ``path``: a killed
     save leaves no half-written folder. An existing ``path`` is moved aside first and removed
