@@ -6,11 +6,13 @@ from typing import Union
 
 import torch
 
+from vargen import checks
 from vargen.hub import atomic_write
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """``[-1, 1]`` float -> uint8 ``[0, 255]`` (same layout)."""
+def to_uint8(images: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """``[-1, 1]`` float -> uint8 ``[0, 255]`` (same layout); NaN / inf is an error, never a pixel."""
+    checks.finite(name, images)
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 

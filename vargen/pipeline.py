@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
+from vargen import checks
 from vargen.registry import (PipelineSpec, create_model, get_pipeline_spec, list_pipelines,  # noqa: F401
                              register_pipeline)
 from vargen.seeding import SampleRNG
@@ -61,12 +62,12 @@ class Pipeline:
                  sample_offset: int = 0, sampler: Any = None, batch_size: int = 64,
                  progress: bool = False, **sampling_options: Any) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` in [-1, 1] for ``class_labels`` (a sequence or 1-D tensor of ints)."""
-        labels = torch.as_tensor(class_labels)  # dtype and shape are the sampler's check_labels
-        labels = labels.reshape(1) if labels.dim() == 0 else labels
+        labels = checks.class_labels(class_labels, name="class_labels", scalar=True)  # the range: the sampler's check
         if labels.numel() == 0:
             raise ValueError("class_labels is empty: pass at least one class id")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        seed = checks.seed(seed)
+        sample_offset = checks.number("sample_offset", sample_offset, minimum=0, integer=True)
+        batch_size = checks.number("batch_size", batch_size, minimum=1, integer=True)
         sampler = self.make_sampler(sampler, **sampling_options)
         out, passes = [], 0
         bar = tqdm(total=len(labels), desc=f"sampling {self.name}", unit="img", disable=not progress)

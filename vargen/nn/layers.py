@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vargen import checks
+
 
 def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
@@ -61,17 +63,12 @@ class LabelEmbedder(nn.Module):
         self.dropout_prob = dropout_prob
         self.embedding_table = nn.Embedding(num_classes + 1, dim)
 
-    def check(self, labels: torch.Tensor, allow_null: bool = True) -> None:
-        if labels.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"class labels must be integer tensors, got {labels.dtype}")
-        high = self.num_classes + (1 if allow_null else 0)
-        if labels.numel() and (labels.min() < 0 or labels.max() >= high):
-            raise ValueError(f"class labels must be in [0, {self.num_classes - 1}]"
-                             f"{f' or {self.num_classes} (null)' if allow_null else ''}; "
-                             f"got min {int(labels.min())}, max {int(labels.max())}")
+    def check(self, labels: torch.Tensor, allow_null: bool = True) -> torch.Tensor:
+        """Integer ids in ``[0, num_classes)`` (``num_classes``, the null class, too if ``allow_null``) as long."""
+        return checks.class_labels(labels, self.num_classes, allow_null=allow_null)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        self.check(labels)
+        labels = self.check(labels)
         if self.training and self.dropout_prob > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
