@@ -273,6 +273,12 @@ def compute_metrics(samples: ImageSource, reference: ImageSource, *, fid: bool =
     ``max_features`` per side. KID's subset size is lowered to the smaller set size when needed
     (recorded in the result). ``device`` None: CUDA if available; ``batch_size`` None: sized for it.
     """
+    for name, value, minimum in (("max_features", max_features, 1), ("isc_splits", isc_splits, 1),
+                                 ("kid_subsets", kid_subsets, 1), ("kid_subset_size", kid_subset_size, 2),
+                                 ("prc_k", prc_k, 1)):
+        checks.number(name, value, minimum=minimum, integer=True)
+    checks.number("isc_split_size", isc_split_size, minimum=1, integer=True, optional=True)
+    checks.number("batch_size", batch_size, minimum=1, integer=True, optional=True)
     need_features = kid or prc
     stored = _stored_statistics(reference)
     if stored is not None and need_features and not stored["has_images"]:

@@ -34,6 +34,7 @@ def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: int = 10) -> P
     """Write ``[B, 3, H, W]`` images in [-1, 1] as one grid image, atomically."""
     from torchvision.utils import save_image  # lazy: torchvision costs seconds to import
     fmt = image_format(path)
+    checks.finite("images", images)
     atomic_write(Path(path), lambda tmp: save_image(images.float(), tmp, nrow=nrow, normalize=True,
                                                     value_range=(-1, 1), format=fmt))
     return Path(path)
