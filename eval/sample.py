@@ -184,13 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line; returns its exit status (2 with one line on stderr for a user error)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 2
-
-    def run() -> None:
+    def run(args: argparse.Namespace) -> None:
         checks.output_folder(args.out, "--out")
         from vargen.pipeline import load_pipeline
         rank, world_size, device = init_distributed()
@@ -205,7 +199,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
-    return run_command(parser.prog, run)
+    return run_command(build_parser(), argv, run)
 
 
 if __name__ == "__main__":

@@ -272,7 +272,7 @@ CLI = [
     ("sample seed 1.5", "vargen", SAMPLE + " --seed 1.5", "--seed"),
     ("sample seed str", "vargen", SAMPLE + " --seed one", "--seed"),
     ("sample classes 10", "vargen", "sample --model nar-mnist --classes 10 --out {o}/s.png", "[0, 9]"),
-    ("sample classes -1", "vargen", "sample --model nar-mnist --classes -1 --out {o}/s.png", "--classes"),
+    ("sample classes -1", "vargen", "sample --model nar-mnist --classes -1 --out {o}/s.png", "[0, 9]"),
     ("sample classes str", "vargen", "sample --model nar-mnist --classes three --out {o}/s.png", "--classes"),
     ("sample per-class huge", "vargen", SAMPLE + " --per-class 100000000", "python -m vargen.eval.sample"),
     ("sample per-class 0", "vargen", SAMPLE + " --per-class 0", "--per-class"),
@@ -285,6 +285,7 @@ CLI = [
     ("sample unknown sampler", "vargen", SAMPLE + " --sampler beam", "beam"),
     ("sample device bogus", "vargen", SAMPLE + " --device gpu", "--device"),
     ("sample device cuda", "vargen", SAMPLE + " --device cuda", "no CUDA device", CUDA),
+    ("sample device cuda:99", "vargen", SAMPLE + " --device cuda:99", "cuda:99"),  # with or without a GPU
     ("fid nan stats", "vargen", "fid {a}/good.npz {a}/nanstats.npz", "nanstats.npz"),
     ("fid batch-size 0", "vargen", FID + " --batch-size 0", "--batch-size"),
     ("fid limit -1", "vargen", FID + " --limit -1", "--limit"),
@@ -375,10 +376,10 @@ def test_an_error_mid_sampling_starts_its_own_line(assets, tmp_path, capsys, mon
 
 
 def test_run_command_leaves_bugs_as_tracebacks():
-    def bug():
+    def bug(args):
         raise AssertionError("a bug, not a user error")
     with pytest.raises(AssertionError):
-        run_command("vargen x", bug)
+        run_command(eval_sample.build_parser(), ["--model", "x", "--num-samples", "1", "--out", "y"], bug)
 
 
 def test_parsing_refuses_what_the_api_refuses():

@@ -73,17 +73,13 @@ def cli_number(integer: bool = False, **bounds: Any):
     (``--cfg-scale nan`` is a usage error naming the flag, exit status 2, before any work)."""
     import argparse
 
+    need = _requirement(integer, *(bounds.get(k) for k in ("minimum", "maximum", "above", "below")))
+
     def parse(text: str):
         try:
-            value = int(text) if integer else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be {_requirement(integer, *(bounds.get(k) for k in ('minimum', 'maximum', 'above', 'below')))}"
-                f", got {text!r}") from None
-        try:
-            return number("value", value, integer=integer, **bounds)
-        except (TypeError, ValueError) as e:
-            raise argparse.ArgumentTypeError(str(e).replace("value must", "must", 1)) from None
+            return number("value", int(text) if integer else float(text), integer=integer, **bounds)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}") from None
     parse.__name__ = "int" if integer else "float"
     return parse
 
@@ -156,7 +152,7 @@ def pixels(name: str, x: Any, limit: float = 1.5):
         lo, hi = x.aminmax()
         if lo < -limit or hi > limit:
             raise ValueError(f"{name} must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}] "
-                             f"(from [0, 1] use 2 * x - 1, from [0, 255] x / 127.5 - 1)")
+                             f"(from [0, 255] use x / 127.5 - 1, from [0, 1] use 2 * x - 1)")
     return x
 
 

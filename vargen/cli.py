@@ -90,7 +90,8 @@ def write_samples(samples, path: str, nrow: int, fps: float = 8.0) -> str:
 def _add_sample(sub):
     p = sub.add_parser("sample", help="generate a grid of class-conditional samples")
     p.add_argument("--model", required=True, help="pipeline name, e.g. nar-mnist")
-    p.add_argument("--classes", type=cli_number(integer=True, minimum=0), nargs="+", required=True)
+    p.add_argument("--classes", type=cli_number(integer=True), nargs="+", required=True,
+                   help="class ids (checked against the model's range once it is loaded)")
     p.add_argument("--per-class", type=cli_number(integer=True, minimum=1), default=1,
                    help="samples per listed class")
     p.add_argument("--seed", type=cli_number(integer=True, minimum=0), default=0)
@@ -182,11 +183,19 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-def run_command(prog: str, run: Callable[[], Any]) -> int:
-    """Run a command's body; a user error becomes one line ``prog: error: ...`` on stderr and exit
-    status 2 (the shared wrapper of every vargen command line), anything else propagates."""
+def run_command(parser: argparse.ArgumentParser, argv: Optional[List[str]],
+                run: Callable[[argparse.Namespace], Any]) -> int:
+    """The shared entry of every vargen command line: parse ``argv`` and ``run(args)``, returning
+    the exit status. A usage error or a user error is one line ``prog: error: ...`` on stderr and
+    status 2; anything else (a bug) propagates with its traceback."""
     try:
-        run()
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (2) and --help (0): a status, as every other outcome
+        return e.code if isinstance(e.code, int) else 2
+    command = getattr(args, "command", None)
+    prog = f"{parser.prog} {command}" if command else parser.prog
+    try:
+        run(args)
     except Exception as e:  # noqa: BLE001 (filtered right below)
         if not isinstance(e, _user_error_types()):
             raise
@@ -203,11 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS.values():
         add(sub)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # usage errors (status 2) and --help (0): a status, as every other outcome
-        return e.code if isinstance(e.code, int) else 2
-    return run_command(f"vargen {args.command}", lambda: args.run(args))
+    return run_command(parser, argv, lambda args: args.run(args))
 
 
 if __name__ == "__main__":
