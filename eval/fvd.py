@@ -233,7 +233,7 @@ def compute_fvd(generated: Any, real: Any, *, extractor: Optional[I3DFeatures] =
     if extractor is None:
         extractor = I3DFeatures(weights, allow_random=allow_random)
         if device is not None:
-            extractor.to(device)
+            extractor.to(checks.device(device, "device"))
     gen = video_statistics(generated, extractor, batch_size, num_frames, limit)
     ref = load_stats(real) if isinstance(real, (str, Path)) else None
     if ref is None:

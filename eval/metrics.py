@@ -279,6 +279,9 @@ def compute_metrics(samples: ImageSource, reference: ImageSource, *, fid: bool =
         checks.number(name, value, minimum=minimum, integer=True)
     checks.number("isc_split_size", isc_split_size, minimum=1, integer=True, optional=True)
     checks.number("batch_size", batch_size, minimum=1, integer=True, optional=True)
+    for name, source in (("samples", samples), ("reference", reference)):
+        if isinstance(source, (str, Path)) and str(source).endswith(".npz") and not Path(source).is_file():
+            raise FileNotFoundError(f"{name} {source} does not exist")  # before Inception is loaded
     need_features = kid or prc
     stored = _stored_statistics(reference)
     if stored is not None and need_features and not stored["has_images"]:

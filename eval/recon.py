@@ -91,6 +91,7 @@ def reconstruction_metrics(tokenizer: nn.Module, data: Union[str, torch.Tensor] 
     if len(images) == 0:
         raise ValueError(f"{data!s:.80}: no images")
     if device is not None:
+        device = checks.device(device, "device")
         tokenizer = tokenizer.to(device)
     recon = reconstruct(tokenizer, images, batch_size)
     psnr, ssim = psnr_ssim(recon, images)

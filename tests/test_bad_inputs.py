@@ -235,6 +235,10 @@ API = [
      "existing.txt"),
     ("output_file read-only", lambda a, o: checks.output_file(a.readonly / "x.png"), PermissionError, "readonly"),
     ("device bogus", lambda a, o: checks.device("gpu"), ValueError, "gpu"),
+    ("load_pipeline device cuda:99", lambda a, o: vargen.load_pipeline("nar-mnist", device="cuda:99"), ValueError,
+     "cuda:99"),
+    ("recon device cuda:99", lambda a, o: reconstruction_metrics(model("vq-mnist"), image(0.0), fid=False,
+                                                                 device="cuda:99"), ValueError, "cuda:99"),
 ]
 
 

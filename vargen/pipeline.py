@@ -88,6 +88,7 @@ def load_pipeline(name: str, pretrained: bool = True, device: Union[str, torch.d
                   tokenizer_weights: Any = None, generator_weights: Any = None) -> Pipeline:
     """Build pipeline ``name``: registered weights by default (``pretrained=False``: random
     init), or explicit ``*_weights`` (a folder, Hub repo id or official checkpoint file)."""
+    device = checks.device(device, "device")  # before any weights are read
     spec = get_pipeline_spec(name)
     tokenizer = create_model(spec.tokenizer, pretrained=tokenizer_weights or pretrained)
     generator = create_model(spec.generator, pretrained=generator_weights or pretrained)
