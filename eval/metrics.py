@@ -30,6 +30,7 @@ import scipy.linalg
 import torch
 from tqdm.auto import tqdm
 
+from vargen import checks
 from vargen.data.folder import list_images, open_rgb
 from vargen.eval.inception import RANDOM_SOURCE, InceptionFeatures, default_batch_size, resolve_device
 from vargen.eval.stats import (FeatureStats, check_images_nhwc, load_stats, npz_image_batches, save_npz,
@@ -53,6 +54,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     """``||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))``."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    for name, stat in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
+        checks.finite(f"statistics {name}", stat)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
         raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, "
                          f"sigma {sigma1.shape} vs {sigma2.shape}")
@@ -74,7 +77,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         tr_covmean = np.trace(covmean)
     else:
         raise ValueError(f"method must be 'sqrtm' or 'eigvals', got {method!r}")
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+    distance = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+    if not np.isfinite(distance):
+        raise ValueError(f"the Frechet distance is {distance} (overflowing statistics?); try method='eigvals'")
+    return distance
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10, shuffle: bool = True, seed: int = 2020,
@@ -85,6 +91,7 @@ def inception_score(logits: torch.Tensor, splits: int = 10, shuffle: bool = True
     convention instead, consecutive chunks of that many samples in file order (the last may be shorter).
     """
     n = logits.shape[0]
+    checks.finite("logits", logits)
     if split_size is not None:
         if n < 1 or split_size < 1:
             raise ValueError(f"inception score needs samples and split_size >= 1, got {n} and {split_size}")
@@ -158,6 +165,8 @@ def image_batches(source: ImageSource, batch_size: int = 50, limit: Optional[int
                   ) -> Iterator[torch.Tensor]:
     """Batches from an image folder, an ADM ``.npz`` (``arr_0``), a registered dataset
     (``"mnist:heldout"``), or an in-memory tensor (``[N, 3, H, W]``, uint8 or [-1, 1]) / uint8 NHWC array."""
+    batch_size = checks.number("batch_size", batch_size, minimum=1, integer=True)
+    limit = checks.number("limit", limit, minimum=1, integer=True, optional=True)
     if isinstance(source, np.ndarray):
         source = torch.from_numpy(check_images_nhwc(source)).permute(0, 3, 1, 2)
     if isinstance(source, torch.Tensor):
@@ -221,7 +230,7 @@ def extract(source: ImageSource, extractor: InceptionFeatures, keep: int = 0, lo
     extractor's device (:func:`~vargen.eval.inception.default_batch_size`). A resumed pass adds to
     ``start``, the features of its first ``skip`` batches; ``on_batch(batches_done, features)``
     runs after every batch."""
-    batch_size = batch_size or default_batch_size(_device_of(extractor))
+    batch_size = default_batch_size(_device_of(extractor)) if batch_size is None else batch_size
     out = start or Features(FeatureStats(keep=keep), FeatureStats() if spatial else None)
     all_logits = []
     for i, batch in enumerate(tqdm(image_batches(source, batch_size, limit), desc=desc, unit="batch",
@@ -313,6 +322,15 @@ def compute_metrics(samples: ImageSource, reference: ImageSource, *, fid: bool =
     ``max_features`` per side. KID's subset size is lowered to the smaller set size when needed
     (recorded in the result). ``device`` None: CUDA if available; ``batch_size`` None: sized for it.
     """
+    for name, value, minimum in (("max_features", max_features, 1), ("isc_splits", isc_splits, 1),
+                                 ("kid_subsets", kid_subsets, 1), ("kid_subset_size", kid_subset_size, 2),
+                                 ("prc_k", prc_k, 1)):
+        checks.number(name, value, minimum=minimum, integer=True)
+    checks.number("isc_split_size", isc_split_size, minimum=1, integer=True, optional=True)
+    checks.number("batch_size", batch_size, minimum=1, integer=True, optional=True)
+    for name, source in (("samples", samples), ("reference", reference)):
+        if isinstance(source, (str, Path)) and str(source).endswith(".npz") and not Path(source).is_file():
+            raise FileNotFoundError(f"{name} {source} does not exist")  # before Inception is loaded
     need_features = kid or prc
     stored = _stored_statistics(reference)
     if stored is not None and need_features and not stored["has_images"]:
@@ -342,7 +360,7 @@ def compute_metrics(samples: ImageSource, reference: ImageSource, *, fid: bool =
         print(f"vargen.eval: sFID {result['sfid_note']}", file=sys.stderr)
         sfid = False
     result["device"] = str(_device_of(extractor))
-    result["batch_size"] = batch_size or default_batch_size(_device_of(extractor))
+    result["batch_size"] = default_batch_size(_device_of(extractor)) if batch_size is None else batch_size
     gen = extract(samples, extractor, keep, isc, result["batch_size"], limit, "samples", spatial=sfid)
     result["num_samples"] = gen.n
     ref = None

@@ -24,6 +24,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from vargen import checks
+
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision AlexNet_Weights.IMAGENET1K_V1
 
 
@@ -83,10 +85,13 @@ def reconstruction_metrics(tokenizer: nn.Module, data: Union[str, torch.Tensor] 
     from vargen.data import cache, get_dataset
     images = data if isinstance(data, torch.Tensor) else \
         cache.dataset_tensors(get_dataset(data, "heldout", image_size))["images"]
-    images = images[:limit]
+    batch_size = checks.number("batch_size", batch_size, minimum=1, integer=True)
+    images = images[:checks.number("limit", limit, minimum=1, integer=True, optional=True)]
+    checks.pixels("images", images)
     if len(images) == 0:
         raise ValueError(f"{data!s:.80}: no images")
     if device is not None:
+        device = checks.device(device, "device")
         tokenizer = tokenizer.to(device)
     recon = reconstruct(tokenizer, images, batch_size)
     psnr, ssim = psnr_ssim(recon, images)

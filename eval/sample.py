@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from vargen.cli import add_sampling_arguments, sampling_options
+from vargen import checks
+from vargen.cli import ArgumentParser, add_sampling_arguments, run_command, sampling_options
 from vargen.eval.stats import load_npz, save_npz
 from vargen.hub import atomic_write
 from vargen.images import to_uint8
@@ -131,9 +132,10 @@ def generate_samples(pipeline: Any, num_samples: int, out_dir: Union[str, Path],
     process after writing that many shards (an interrupted run, for tests). Returns the merged
     ``.npz`` path on rank 0 once every shard exists, else None.
     """
-    if num_samples <= 0 or shard_size <= 0 or batch_size <= 0:
-        raise ValueError(f"num_samples, shard_size and batch_size must be positive, got "
-                         f"{num_samples}, {shard_size}, {batch_size}")
+    for name, value in (("num_samples", num_samples), ("shard_size", shard_size), ("batch_size", batch_size)):
+        checks.number(name, value, minimum=1, integer=True)
+    seed = checks.seed(seed)
+    checks.number("num_classes", num_classes, minimum=1, integer=True, optional=True)
     # Everything is checked before the manifest is written: a refused run leaves nothing behind.
     if hasattr(pipeline, "make_sampler"):
         pipeline.make_sampler(sampler, **sampling_options)
@@ -239,41 +241,40 @@ def init_distributed() -> tuple:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vargen.eval.sample", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    positive = checks.cli_number(integer=True, minimum=1)
+    p = ArgumentParser(prog="python -m vargen.eval.sample", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="pipeline name (vargen list)")
-    p.add_argument("--num-samples", type=int, required=True)
+    p.add_argument("--num-samples", type=positive, required=True)
     p.add_argument("--out", required=True, help="folder for shards and the merged samples.npz")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32, help="per-process batch")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per resumable shard")
-    p.add_argument("--num-classes", type=int, default=None, help="default: the generator's")
+    p.add_argument("--seed", type=checks.cli_number(integer=True, minimum=0), default=0)
+    p.add_argument("--batch-size", type=positive, default=32, help="per-process batch")
+    p.add_argument("--shard-size", type=positive, default=1000, help="samples per resumable shard")
+    p.add_argument("--num-classes", type=positive, default=None, help="default: the generator's")
     add_sampling_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> Optional[Path]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from vargen.hub import WeightsError
-    from vargen.pipeline import load_pipeline
-    rank, world_size, device = init_distributed()
-    try:
-        pipeline = load_pipeline(args.model, device=device)
-        out = generate_samples(pipeline, args.num_samples, args.out, seed=args.seed, batch_size=args.batch_size,
-                               shard_size=args.shard_size, num_classes=args.num_classes, sampler=args.sampler,
-                               rank=rank, world_size=world_size, progress=not args.no_progress,
-                               **sampling_options(args))
-        if out is not None:
-            print(f"wrote {out} ({args.num_samples} images)")
-        return out
-    except (KeyError, ValueError, TypeError, FileNotFoundError, WeightsError) as e:
-        parser.error(str(e))  # user errors: one line and exit status 2, not a traceback
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command line; returns its exit status (2 with one line on stderr for a user error)."""
+    def run(args: argparse.Namespace) -> None:
+        checks.output_folder(args.out, "--out")
+        from vargen.pipeline import load_pipeline
+        rank, world_size, device = init_distributed()
+        try:
+            pipeline = load_pipeline(args.model, device=device)
+            out = generate_samples(pipeline, args.num_samples, args.out, seed=args.seed, batch_size=args.batch_size,
+                                   shard_size=args.shard_size, num_classes=args.num_classes, sampler=args.sampler,
+                                   rank=rank, world_size=world_size, progress=not args.no_progress,
+                                   **sampling_options(args))
+            if out is not None:
+                print(f"wrote {out} ({args.num_samples} images)")
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return run_command(build_parser(), argv, run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

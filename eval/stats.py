@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, Optional, Union
 import numpy as np
 import torch
 
+from vargen import checks
 from vargen.hub import atomic_write
 
 
@@ -37,6 +38,7 @@ class FeatureStats:
     def update(self, features: torch.Tensor) -> None:
         if features.dim() != 2:
             raise ValueError(f"expected features [B, D], got shape {tuple(features.shape)}")
+        checks.finite("features (NaN weights or inputs?)", features)
         x = features.detach().double()
         if self.sum is None:
             self.sum = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
@@ -147,6 +149,7 @@ def load_stats(path: Union[str, Path]) -> Optional[Dict[str, Any]]:
             mu, sigma = data[m].astype(np.float64), data[c].astype(np.float64)
             if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
                 raise ValueError(f"{path}: expected {m} [D] and {c} [D, D], got {mu.shape} and {sigma.shape}")
+            checks.finite(f"{path}: {m} / {c}", np.concatenate([mu, sigma.ravel()]))
             out[m], out[c] = mu, sigma
         weights = str(data["inception_weights"]) if "inception_weights" in data.files else None
         return {**out, "has_images": "arr_0" in data.files, "inception_weights": weights}
@@ -167,7 +170,8 @@ def _check_nhwc(dtype: np.dtype, shape: tuple, where: str) -> None:
 
 def npz_image_batches(path: Union[str, Path], batch_size: int, limit: Optional[int] = None
                       ) -> Iterator[torch.Tensor]:
-    """uint8 ``[B, 3, H, W]`` batches streamed from ``arr_0`` (NHWC) of an ADM ``.npz``.
+    """uint8 ``[B, 3, H, W]`` batches streamed from ``arr_0`` (NHWC) of an ADM ``.npz``; a file cut
+    short is an error naming it, not a short set of images.
 
     Reads the ``.npy`` member of the zip sequentially (as ADM's ``NpzArrayReader`` does), so a
     50k-image file never sits in memory at once.
@@ -185,7 +189,11 @@ def npz_image_batches(path: Union[str, Path], batch_size: int, limit: Optional[i
             per_image = int(np.prod(shape[1:]))
             for start in range(0, n, batch_size):
                 count = min(batch_size, n - start)
-                chunk = np.frombuffer(f.read(count * per_image), np.uint8).reshape(count, *shape[1:])
+                data = f.read(count * per_image)
+                if len(data) != count * per_image:
+                    raise ValueError(f"{path}: arr_0 ends after {start + len(data) // per_image} of its "
+                                     f"{shape[0]} images (truncated file?)")
+                chunk = np.frombuffer(data, np.uint8).reshape(count, *shape[1:])
                 yield torch.from_numpy(chunk.copy()).permute(0, 3, 1, 2).contiguous()
 
 

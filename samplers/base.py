@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from vargen import checks
 from vargen.seeding import SampleRNG
 
 from .capabilities import Conditional, require
@@ -56,11 +57,8 @@ class Sampler:
                      capability: Optional[type] = None) -> torch.Tensor:
         """Check that this sampler can drive ``model`` and that ``labels``/``rng`` fit; ``[B]`` long."""
         require(model, capability or self.capability, self.name)
-        labels = torch.as_tensor(labels)
-        if labels.dim() != 1 or labels.dtype not in (torch.int64, torch.int32):
-            # Never truncate float ids or flatten a 2-D batch: either is a caller's mistake.
-            raise ValueError(f"class_labels must be integer class ids of shape [B], got dtype "
-                             f"{labels.dtype} shape {tuple(labels.shape)}")
+        # Never truncate float ids or flatten a 2-D batch: either is a caller's mistake.
+        labels = checks.class_labels(labels, name="class_labels")
         model.check_labels(labels, allow_null=False)
         if len(rng) != labels.shape[0]:
             raise ValueError(f"{len(rng)} per-sample generators for {labels.shape[0]} labels")

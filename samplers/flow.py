@@ -28,6 +28,7 @@ from typing import Callable, List
 
 import torch
 
+from vargen import checks
 from vargen.seeding import SampleRNG
 
 from .base import Sampler
@@ -94,10 +95,9 @@ class FlowSampler(Sampler):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if num_steps < 1 or (method == "sde" and num_steps < 2):
-            raise ValueError(f"num_steps must be >= {2 if method == 'sde' else 1}, got {num_steps}")
-        if method == "sde" and not 0.0 < t_min < 1.0:
-            raise ValueError(f"t_min must be in (0, 1), got {t_min}")
+        num_steps = checks.number(f"num_steps ({method})", num_steps, minimum=2 if method == "sde" else 1,
+                                  integer=True)
+        t_min = checks.number("t_min", t_min, above=0, below=1)
         self.num_steps, self.method, self.t_min = num_steps, method, t_min
         self.guidance = Guidance(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule)
 

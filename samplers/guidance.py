@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from vargen import checks
+
 CFG_SCHEDULES = ("constant", "linear")
 RULES = ("blend", "lerp")
 
@@ -26,8 +28,8 @@ class Guidance:
     def __post_init__(self):
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {self.cfg_schedule!r}")
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        self.cfg_scale = checks.number("cfg_scale", self.cfg_scale, minimum=0)
+        self.cfg_interval = checks.number("cfg_interval", self.cfg_interval, minimum=-1, integer=True)
 
     @property
     def uses_cfg(self) -> bool:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vargen import checks
+
 from .guidance import CFG_SCHEDULES, Guidance, cfg_labels  # noqa: F401  (re-exported)
 
 
@@ -16,10 +18,9 @@ class LogitsFilter:
     top_p: float = 1.0
 
     def __post_init__(self):
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0 or self.temperature < 0:
-            raise ValueError("top_k and temperature must be >= 0")
+        self.temperature = checks.number("temperature", self.temperature, minimum=0)
+        self.top_k = checks.number("top_k", self.top_k, minimum=0, integer=True)
+        self.top_p = checks.number("top_p", self.top_p, above=0, maximum=1)
 
     def filter(self, logits: torch.Tensor) -> torch.Tensor:
         """Temperature, then top-k and top-p filtering (removed entries set to -inf)."""

@@ -42,6 +42,7 @@ from typing import Optional
 
 import torch
 
+from vargen import checks
 from vargen.seeding import SampleRNG, sample_from_probs
 
 from .base import DiscreteSampler
@@ -71,13 +72,12 @@ class SJDSampler(DiscreteSampler):
     def __init__(self, window: int = 16, init: str = "random", warmup: int = 1, tail: int = 0,
                  **logits_options):
         super().__init__(**logits_options)
-        if window < 1:
-            raise ValueError(f"window must be >= 1 token, got {window}")
         if init not in DRAFT_INITS:
             raise ValueError(f"init must be one of {DRAFT_INITS}, got {init!r}")
-        if warmup < 1 or tail < 0:
-            raise ValueError(f"need warmup >= 1 (the prefill's token) and tail >= 0, got {warmup}, {tail}")
-        self.window, self.init, self.warmup, self.tail = window, init, warmup, tail
+        self.window = checks.number("window (tokens per pass)", window, minimum=1, integer=True)
+        self.warmup = checks.number("warmup (>= 1: the prefill's token)", warmup, minimum=1, integer=True)
+        self.tail = checks.number("tail", tail, minimum=0, integer=True)
+        self.init = init
 
     # --------------------------------------------------------------------- the rules (overridable)
     def prepare(self, model) -> None:
@@ -231,13 +231,14 @@ class GSDSampler(SJDSampler):
     def __init__(self, group_size: int = 14, p_threshold: float = 0.15, dist_threshold: float = 0.5,
                  codebook: Optional[torch.Tensor] = None, **options):
         super().__init__(**options)
-        if group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {group_size}")
-        if p_threshold <= 0 or dist_threshold <= 0:
-            raise ValueError("p_threshold and dist_threshold must be > 0 (the draft is always in its group)")
-        if codebook is not None and codebook.dim() != 2:
-            raise ValueError(f"codebook must be [V, D] embeddings, got shape {tuple(codebook.shape)}")
-        self.group_size, self.p_threshold, self.dist_threshold = group_size, p_threshold, dist_threshold
+        self.group_size = checks.number("group_size", group_size, minimum=1, integer=True)
+        # > 0: the draft is always in its own group
+        self.p_threshold = checks.number("p_threshold", p_threshold, above=0)
+        self.dist_threshold = checks.number("dist_threshold", dist_threshold, above=0)
+        if codebook is not None and (codebook.dim() != 2 or not codebook.is_floating_point()):
+            raise ValueError(f"codebook must be [V, D] float embeddings, got {codebook.dtype} {tuple(codebook.shape)}")
+        if codebook is not None:
+            checks.finite("codebook", codebook)
         self.codebook = codebook
         self._embed: Optional[torch.Tensor] = None
 

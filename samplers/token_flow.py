@@ -26,6 +26,7 @@ from typing import Protocol, Tuple, runtime_checkable
 
 import torch
 
+from vargen import checks
 from vargen.seeding import SampleRNG
 
 from .base import Sampler
@@ -72,11 +73,9 @@ class TokenFlowSampler(Sampler):
     def __init__(self, num_steps: int = 16, cfg_scale: float = 1.0, cfg_schedule: str = "constant",
                  temperature: float = 1.0, time_shift: float = 1.0):
         super().__init__()
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        if temperature < 0 or time_shift <= 0:
-            raise ValueError(f"need temperature >= 0 and time_shift > 0, got {temperature}, {time_shift}")
-        self.num_steps, self.temperature, self.time_shift = num_steps, temperature, time_shift
+        self.num_steps = checks.number("num_steps", num_steps, minimum=1, integer=True)
+        self.temperature = checks.number("temperature", temperature, minimum=0)
+        self.time_shift = checks.number("time_shift", time_shift, above=0)
         self.guidance = Guidance(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule)
 
     def sample_token(self, model, z: torch.Tensor, noise: torch.Tensor, scale: float) -> torch.Tensor:

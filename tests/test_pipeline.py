@@ -36,12 +36,13 @@ def test_sampler_override_and_bad_labels():
         pipe.generate([10])
     with pytest.raises(KeyError, match="unknown sampler"):
         pipe.generate([0], sampler="beam")
-    for labels in ([1.7], [[1, 2], [3, 4]], torch.tensor([True])):  # never truncated or flattened
-        with pytest.raises(ValueError, match=r"integer class ids of shape \[B\]"):
+    for labels, error in (([1.7], TypeError), ([[1, 2], [3, 4]], ValueError),
+                          (torch.tensor([True]), TypeError)):  # never truncated or flattened
+        with pytest.raises(error, match=r"integer class ids of shape \[B\]"):
             pipe.generate(labels)
     with pytest.raises(ValueError, match="empty"):
         pipe.generate([])
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         pipe.generate([0], batch_size=0)
     assert pipe.generate(range(2)).shape[0] == 2 and pipe.generate(torch.tensor(3)).shape[0] == 1
 

@@ -5,7 +5,9 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
+
+from vargen.checks import cli_number
 
 COMMANDS: Dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 
@@ -35,14 +37,17 @@ def _add_list(sub):
 
 
 # Sampler options the CLIs expose: option name -> argparse keywords (flag: --option-name).
+# Numbers are checked as they are parsed (NaN, inf and out-of-range values are usage errors).
 SAMPLING_OPTIONS: Dict[str, dict] = {
-    "cfg_scale": dict(type=float),
+    "cfg_scale": dict(type=cli_number(minimum=0)),
     "cfg_schedule": dict(choices=("constant", "linear")),
-    "num_steps": dict(type=int, help="flow steps per entity (xAR)"),
-    "temperature": dict(type=float),
-    "top_k": dict(type=int),
-    "top_p": dict(type=float),
+    "num_steps": dict(type=cli_number(integer=True, minimum=1), help="flow steps per entity (xAR) or token"),
+    "temperature": dict(type=cli_number(minimum=0)),
+    "top_k": dict(type=cli_number(integer=True, minimum=0)),
+    "top_p": dict(type=cli_number(above=0, maximum=1)),
 }
+# The most images `vargen sample` holds and writes as one grid; more: python -m vargen.eval.sample.
+MAX_GRID_IMAGES = 1024
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,23 +90,35 @@ def write_samples(samples, path: str, nrow: int, fps: float = 8.0) -> str:
 def _add_sample(sub):
     p = sub.add_parser("sample", help="generate a grid of class-conditional samples")
     p.add_argument("--model", required=True, help="pipeline name, e.g. nar-mnist")
-    p.add_argument("--classes", type=int, nargs="+", required=True)
-    p.add_argument("--per-class", type=int, default=1, help="samples per listed class")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", type=cli_number(integer=True), nargs="+", required=True,
+                   help="class ids (checked against the model's range once it is loaded)")
+    p.add_argument("--per-class", type=cli_number(integer=True, minimum=1), default=1,
+                   help="samples per listed class")
+    p.add_argument("--seed", type=cli_number(integer=True, minimum=0), default=0)
     add_sampling_arguments(p)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=cli_number(integer=True, minimum=1), default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="samples.png", help="image grid (.png, .jpg, ...) or, for "
                    "video pipelines, a playable clip (.mp4, .gif; several clips form a grid)")
-    p.add_argument("--fps", type=float, default=8.0, help="frame rate of a video --out")
+    p.add_argument("--fps", type=cli_number(above=0), default=8.0, help="frame rate of a video --out")
 
     def run(args):
+        from vargen import checks
+        # Everything that can be refused is refused before the pipeline loads or sampling starts.
+        check_output(args.out)
+        checks.output_file(args.out, "--out")
+        count = len(args.classes) * args.per_class
+        if count > MAX_GRID_IMAGES:
+            raise ValueError(f"--per-class {args.per_class} x {len(args.classes)} classes = {count} images, more "
+                             f"than one grid holds ({MAX_GRID_IMAGES}); for many samples use "
+                             f"`python -m vargen.eval.sample --model {args.model} --num-samples {count} --out DIR`, "
+                             f"which streams them to resumable shards")
+        device = checks.device(args.device)
         import vargen
-        check_output(args.out)  # a bad --out fails now, not after sampling
-        if args.per_class < 1:
-            raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
-        pipe = vargen.load_pipeline(args.model, device=args.device)
+        pipe = vargen.load_pipeline(args.model, device=device)
+        checks.class_labels(args.classes, pipe.generator.num_classes, name=f"--classes ({args.model})")
         options = sampling_options(args)
+        pipe.make_sampler(args.sampler, **options)  # a refused option fails before sampling
         labels = [c for c in args.classes for _ in range(args.per_class)]
         images = pipe.generate(labels, seed=args.seed, sampler=args.sampler, progress=True,
                                batch_size=args.batch_size, **options)
@@ -131,23 +148,71 @@ def _load_plugin_commands() -> None:
             COMMANDS.setdefault(spec, getattr(loaded, function))
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``prog: error: ...``, exit status 2), as every other
+    error of the vargen commands."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _user_error_types() -> tuple:
+    """What a user's input can raise, as opposed to a bug: bad values, missing / unreadable /
+    unwritable / corrupt files, refused or unsafe weights, NaN losses."""
+    import pickle
+    import zipfile
+    types = [KeyError, ValueError, TypeError, OSError, EOFError, ArithmeticError, zipfile.BadZipFile,
+             pickle.UnpicklingError]
+    for module, name in (("vargen.hub", "WeightsError"), ("safetensors", "SafetensorError")):
+        loaded = sys.modules.get(module)  # never imported here: `vargen list` stays free of torch
+        if loaded is not None and hasattr(loaded, name):
+            types.append(getattr(loaded, name))
+    return tuple(types)
+
+
+def error_message(e: BaseException) -> str:
+    """An exception as one line (a KeyError's message without its quotes)."""
+    text = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(e).__name__
+
+
+def _close_progress_bars() -> None:
+    """End every open tqdm bar's line, so that an error is never printed glued onto it."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Optional[List[str]],
+                run: Callable[[argparse.Namespace], Any]) -> int:
+    """The shared entry of every vargen command line: parse ``argv`` and ``run(args)``, returning
+    the exit status. A usage error or a user error is one line ``prog: error: ...`` on stderr and
+    status 2; anything else (a bug) propagates with its traceback."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (2) and --help (0): a status, as every other outcome
+        return e.code if isinstance(e.code, int) else 2
+    command = getattr(args, "command", None)
+    prog = f"{parser.prog} {command}" if command else parser.prog
+    try:
+        run(args)
+    except Exception as e:  # noqa: BLE001 (filtered right below)
+        if not isinstance(e, _user_error_types()):
+            raise
+        _close_progress_bars()
+        sys.stderr.flush()
+        print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     _load_plugin_commands()
-    parser = argparse.ArgumentParser(prog="vargen", description=__doc__)
+    parser = ArgumentParser(prog="vargen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS.values():
         add(sub)
-    args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-        from vargen.hub import WeightsError  # here, so that `vargen list` never imports torch
-        if isinstance(e, RuntimeError) and not isinstance(e, WeightsError):
-            raise
-        # User errors: one clear line, not a traceback.
-        print(f"vargen {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(parser, argv, lambda args: args.run(args))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ from typing import Union
 
 import torch
 
+from vargen import checks
 from vargen.hub import atomic_write
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """``[-1, 1]`` float -> uint8 ``[0, 255]`` (same layout)."""
+def to_uint8(images: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """``[-1, 1]`` float -> uint8 ``[0, 255]`` (same layout); NaN / inf is an error, never a pixel."""
+    checks.finite(name, images)
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
@@ -32,6 +34,7 @@ def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: int = 10) -> P
     """Write ``[B, 3, H, W]`` images in [-1, 1] as one grid image, atomically."""
     from torchvision.utils import save_image  # lazy: torchvision costs seconds to import
     fmt = image_format(path)
+    checks.finite("images", images)
     atomic_write(Path(path), lambda tmp: save_image(images.float(), tmp, nrow=nrow, normalize=True,
                                                     value_range=(-1, 1), format=fmt))
     return Path(path)

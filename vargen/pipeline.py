@@ -28,6 +28,7 @@ import torch
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
+from vargen import checks
 from vargen.hub import atomic_dir, resolve_file
 from vargen.registry import (PipelineSpec, create_model, get_pipeline_spec, list_pipelines,  # noqa: F401
                              model_class_named, register_pipeline)
@@ -129,6 +130,8 @@ class Pipeline:
                  progress: bool = False, **sampling_options: Any) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` in [-1, 1] for ``class_labels`` (a sequence or 1-D tensor of ints)."""
         labels = _labels(class_labels)
+        seed = checks.seed(seed)
+        sample_offset = checks.number("sample_offset", sample_offset, minimum=0, integer=True)
         return self._sample(labels, lambda start, n: SampleRNG(
             seed, range(sample_offset + start, sample_offset + start + n), device=self.device),
             self.make_sampler(sampler, **sampling_options), batch_size, {"disable": not progress})
@@ -137,8 +140,7 @@ class Pipeline:
                 batch_size: int, bar_options: Dict[str, Any], decode: bool = True) -> torch.Tensor:
         """The loop of ``generate`` and ``__call__``; ``rng_for(start, n)`` seeds labels
         ``start .. start + n``."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = checks.number("batch_size", batch_size, minimum=1, integer=True)
         out, passes = [], 0
         with self.progress_bar(len(labels), **bar_options) as bar:
             for start in range(0, len(labels), batch_size):
@@ -215,8 +217,7 @@ class Pipeline:
         if generator is None:
             if seed is None:
                 seed = int(torch.randint(_SEED_HIGH, (1,)))  # torch's global RNG, like diffusers
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                raise TypeError(f"seed must be an int, got {seed!r}")
+            seed = checks.seed(seed)
             return lambda start, count: SampleRNG(seed, range(start, start + count), device=self.device)
         if isinstance(generator, torch.Generator):
             if n != 1:
@@ -257,8 +258,7 @@ class Pipeline:
 
 
 def _labels(class_labels: Union[int, Sequence[int], torch.Tensor]) -> torch.Tensor:
-    labels = torch.as_tensor(class_labels)  # dtype and shape are the sampler's check_labels
-    labels = labels.reshape(1) if labels.dim() == 0 else labels
+    labels = checks.class_labels(class_labels, name="class_labels", scalar=True)  # the range: the sampler's check
     if labels.numel() == 0:
         raise ValueError("class_labels is empty: pass at least one class id")
     return labels
@@ -294,6 +294,7 @@ def load_pipeline(name: str, pretrained: bool = True, device: Union[str, torch.d
     checkpoint file), or a folder / Hub repo id written by :meth:`Pipeline.save_pretrained`
     (Hub cache and ``HF_HUB_OFFLINE`` respected; a registered name wins over a same-named folder,
     use ``./name``). ``torch_dtype`` casts both models (e.g. ``torch.bfloat16``)."""
+    device = checks.device(device, "device")  # before any weights are read
     if name in list_pipelines():
         spec = get_pipeline_spec(name)
         tokenizer = create_model(spec.tokenizer, pretrained=tokenizer_weights or pretrained)

@@ -7,6 +7,8 @@ from typing import Iterable, List, Sequence, Union
 
 import torch
 
+from vargen import checks
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -29,7 +31,7 @@ class SampleRNG:
                  device: Union[str, torch.device] = "cpu"):
         if isinstance(indices, int):
             indices = range(indices)
-        self.seed = seed
+        self.seed = checks.seed(seed)
         self.indices: List[int] = [int(i) for i in indices]
         self.device = torch.device(device)
         self.generators = []

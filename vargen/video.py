@@ -22,6 +22,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from vargen import checks
 from vargen.hub import atomic_write
 from vargen.images import to_uint8
 
@@ -59,8 +60,7 @@ def _check_videos(videos: torch.Tensor) -> torch.Tensor:
     if videos.dtype != torch.uint8:
         if not torch.is_floating_point(videos):
             raise TypeError(f"videos must be floats in [-1, 1] or uint8, got {videos.dtype}")
-        if torch.isnan(videos).any():
-            raise ValueError("videos contain NaN")
+        checks.finite("videos", videos)
     return videos
 
 
@@ -125,8 +125,10 @@ def write_video(videos: torch.Tensor, path: PathLike, fps: float = 8.0, nrow: Op
     libx264's quality (0 lossless luma, 23 its default; mp4 only).
     """
     fmt = video_format(path)
-    if fps <= 0 or scale < 1 or int(scale) != scale:
-        raise ValueError(f"need fps > 0 and an integer scale >= 1, got fps={fps}, scale={scale}")
+    checks.number("fps", fps, above=0)
+    checks.number("scale", scale, minimum=1, integer=True)
+    checks.number("crf", crf, minimum=0, maximum=51, integer=True)
+    checks.number("nrow", nrow, minimum=1, integer=True, optional=True)
     videos = _check_videos(videos)
     if len(videos) > 1:
         floats = videos.float() / 127.5 - 1 if videos.dtype == torch.uint8 else videos.float()

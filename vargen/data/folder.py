@@ -7,7 +7,7 @@ from typing import List, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
@@ -20,8 +20,13 @@ def list_images(root: Path) -> List[Path]:
 
 def open_rgb(path: Path) -> Image.Image:
     """An image file as 8-bit RGB. 16-bit grayscale (PNG mode I;16 / I) is scaled to 8 bits:
-    PIL's own convert("RGB") clips it at 255, which turns it almost white."""
-    image = Image.open(path)
+    PIL's own convert("RGB") clips it at 255, which turns it almost white. A file PIL cannot read
+    (a text file named .png, a truncated image) is a ValueError naming it."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:  # PIL raises SyntaxError for some broken headers
+        raise ValueError(f"{path} is not a readable image ({e}); remove or replace it") from None
     if image.mode.startswith("I;16") or image.mode == "I":
         pixels = np.asarray(image, dtype=np.float64) / 257.0
         image = Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8), mode="L")

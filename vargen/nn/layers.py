@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vargen import checks
+
 
 def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
@@ -77,18 +79,13 @@ class LabelEmbedder(nn.Module):
             self.embedding_table = nn.Embedding(weight.shape[0], table.shape[1], device=table.device,
                                                 dtype=table.dtype)
 
-    def check(self, labels: torch.Tensor, allow_null: bool = True) -> None:
-        if labels.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"class labels must be integer tensors, got {labels.dtype}")
-        allow_null = allow_null and self.has_null
-        high = self.num_classes + (1 if allow_null else 0)
-        if labels.numel() and (labels.min() < 0 or labels.max() >= high):
-            raise ValueError(f"class labels must be in [0, {self.num_classes - 1}]"
-                             f"{f' or {self.num_classes} (null)' if allow_null else ''}; "
-                             f"got min {int(labels.min())}, max {int(labels.max())}")
+    def check(self, labels: torch.Tensor, allow_null: bool = True) -> torch.Tensor:
+        """Integer ids in ``[0, num_classes)`` (``num_classes``, the null class, too if ``allow_null``
+        and the table has a null row) as long."""
+        return checks.class_labels(labels, self.num_classes, allow_null=allow_null and self.has_null)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        self.check(labels)
+        labels = self.check(labels)
         if self.training and self.dropout_prob > 0:
             if not self.has_null:
                 raise ValueError(f"class dropout {self.dropout_prob} needs the null class, but "

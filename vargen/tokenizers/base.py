@@ -10,6 +10,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
+from vargen import checks
 from vargen.hub import VargenModule
 from vargen.training.recipes import TOKENIZER
 
@@ -39,16 +40,17 @@ class Tokenizer(VargenModule):
     def check_images(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` checked ([B, 3, H, W] floats in [-1, 1], sides divisible by the downsample factor)
         and cast to the tokenizer's weight dtype."""
-        if not torch.is_floating_point(x):
-            raise TypeError(f"images must be float tensors in [-1, 1], got {x.dtype} "
-                            f"(convert uint8 with x / 127.5 - 1)")
+        checks.pixels("images", x)
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(x.shape)}")
         self.token_grid(tuple(x.shape[-2:]))
-        if x.numel() and x.abs().amax() > 1.5:  # [0, 255] floats, not a rounding slip (one reduction)
-            raise ValueError(f"images must be in [-1, 1], got values in [{x.min():.3g}, {x.max():.3g}] "
-                             f"(from [0, 255] use x / 127.5 - 1)")
         return x.to(self.weight_dtype)
+
+    def check_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Continuous tokens to decode: a float tensor without NaN / inf (the shape is the family's)."""
+        if not torch.is_tensor(latents) or not torch.is_floating_point(latents):
+            raise TypeError(f"latents must be a float tensor, got {getattr(latents, 'dtype', type(latents).__name__)}")
+        return checks.finite("latents", latents)
 
     @property
     def weight_dtype(self) -> torch.dtype:

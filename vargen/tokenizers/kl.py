@@ -120,8 +120,7 @@ class KLTokenizer(Tokenizer):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents ``[B, 16, h, w]`` -> pixels ``[B, 3, h*ds, w*ds]`` (not clamped)."""
-        if not torch.is_floating_point(latents):
-            raise TypeError(f"latents must be a float tensor, got {latents.dtype}")
+        self.check_latents(latents)
         if latents.dim() != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"latents must be [B, {self.latent_channels}, h, w], "
                              f"got {tuple(latents.shape)}")

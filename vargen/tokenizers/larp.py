@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.models.vision_transformer import Block
 
+from vargen import checks
 from vargen.hub import (CONFIG_NAME, WEIGHTS_NAME, StateDict, load_safetensors, load_state_dict_strict,
                         resolve_file)
 from vargen.registry import Weights, register_model
@@ -254,19 +255,10 @@ class LARPTokenizer(Tokenizer):
     def check_videos(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` checked (finite floats ``[B, C, T, H, W]`` in [-1, 1] of the configured size)."""
         c = self.config
-        if not torch.is_floating_point(x):
-            raise TypeError(f"videos must be float tensors in [-1, 1], got {x.dtype} "
-                            f"(convert uint8 with x / 127.5 - 1)")
+        checks.pixels("videos", x)
         if x.dim() != 5 or x.shape[1] != c.in_channels:
             raise ValueError(f"videos must be [B, {c.in_channels}, T, H, W] (NCTHW), got {tuple(x.shape)}")
         self.token_grid(tuple(x.shape[2:]))
-        if x.numel():
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError("videos contain NaN or inf values")
-            lo, hi = x.aminmax()
-            if lo < -1.5 or hi > 1.5:  # [0, 255] floats, not a rounding slip
-                raise ValueError(f"videos must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}] "
-                                 f"(from [0, 1] use 2 * x - 1, from [0, 255] x / 127.5 - 1)")
         return x.to(self.weight_dtype)
 
     def check_ids(self, ids: torch.Tensor) -> torch.Tensor:

@@ -273,8 +273,7 @@ class MingTok(Tokenizer):
     def _as_sequence(self, latents: torch.Tensor) -> Tuple[torch.Tensor, Optional[Tuple[int, int]]]:
         """``[B, C, h, w]`` grid or ``[B, n, C]`` sequence -> (``[B, n, C]``, grid or None)."""
         c = self.latent_channels
-        if not torch.is_floating_point(latents):
-            raise TypeError(f"latents must be a float tensor, got {latents.dtype}")
+        self.check_latents(latents)
         if latents.dim() == 4 and latents.shape[1] == c:
             return rearrange(latents, "b c h w -> b (h w) c"), tuple(latents.shape[-2:])
         if latents.dim() == 3 and latents.shape[-1] == c:

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vargen import checks
 from vargen.registry import register_model
 from vargen.tokenizers.base import Tokenizer
 from vargen.tokenizers.vq import VectorQuantizer, VQTokenizer
@@ -187,19 +188,11 @@ class VideoVQTokenizer(Tokenizer):
     def check_videos(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` checked (float ``[B, 3, T, H, W]`` in [-1, 1], no NaN, sizes divisible by the
         downsampling) and cast to the weight dtype."""
-        if not torch.is_tensor(x) or not torch.is_floating_point(x):
-            raise TypeError(f"videos must be float tensors in [-1, 1], got "
-                            f"{getattr(x, 'dtype', type(x).__name__)} (convert uint8 with x / 127.5 - 1)")
+        checks.pixels("videos", x)
         if x.dim() != 5 or x.shape[1] != 3:
             hint = " (one clip: add a batch dimension with x[None])" if x.dim() == 4 else ""
             raise ValueError(f"videos must be [B, 3, T, H, W], got {tuple(x.shape)}{hint}")
         self.token_grid(x.shape)
-        if x.numel():
-            if torch.isnan(x).any():
-                raise ValueError("videos contain NaN")
-            if x.abs().amax() > 1.5:  # [0, 255] floats, not a rounding slip
-                raise ValueError(f"videos must be in [-1, 1], got values in [{x.min():.3g}, "
-                                 f"{x.max():.3g}] (from [0, 255] use x / 127.5 - 1)")
         return x.to(self.weight_dtype)
 
     def check_ids(self, ids: torch.Tensor) -> torch.Tensor:

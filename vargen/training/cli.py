@@ -11,7 +11,13 @@ import json
 import os
 from typing import Any, Tuple
 
+from vargen.checks import cli_number
+
 from .config import TrainConfig
+
+COUNT = cli_number(integer=True, minimum=0)
+POSITIVE = cli_number(integer=True, minimum=1)
+RATE = cli_number(minimum=0)
 
 
 def _parse_override(text: str) -> Tuple[str, Any]:
@@ -32,23 +38,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=d.data, help="dataset (mnist, mnist:heldout), image folder, "
                    "or token .safetensors file")
     p.add_argument("--split", default=d.split)
-    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--image-size", type=POSITIVE, default=d.image_size)
     p.add_argument("--tokenizer", default=None, help="tokenizer for generators: registered name "
                    "with weights or save_pretrained folder")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
-    p.add_argument("--lr", type=float, default=None, help="default: the model's recipe")
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--betas", type=float, nargs=2, default=None)
-    p.add_argument("--grad-clip", type=float, default=None, help="0 disables")
-    p.add_argument("--ema-decay", type=float, default=None, help="0 disables EMA")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--steps", type=COUNT, default=d.steps)
+    p.add_argument("--batch-size", type=POSITIVE, default=d.batch_size, help="global batch size")
+    p.add_argument("--lr", type=RATE, default=None, help="default: the model's recipe")
+    p.add_argument("--weight-decay", type=RATE, default=None)
+    p.add_argument("--betas", type=cli_number(minimum=0, below=1), nargs=2, default=None)
+    p.add_argument("--grad-clip", type=RATE, default=None, help="0 disables")
+    p.add_argument("--ema-decay", type=cli_number(minimum=0, below=1), default=None, help="0 disables EMA")
+    p.add_argument("--warmup-steps", type=COUNT, default=d.warmup_steps)
     p.add_argument("--schedule", choices=("constant", "cosine"), default=None,
                    help="default: the model's recipe")
-    p.add_argument("--min-lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--min-lr", type=RATE, default=None)
+    p.add_argument("--seed", type=COUNT, default=d.seed)
+    p.add_argument("--ckpt-every", type=POSITIVE, default=d.ckpt_every)
+    p.add_argument("--log-every", type=POSITIVE, default=d.log_every)
     p.add_argument("--precision", choices=("bf16", "fp32"), default=d.precision)
     p.add_argument("--device", default=None)
     p.add_argument("--no-deterministic", dest="deterministic", action="store_false", default=None)
@@ -68,6 +74,8 @@ def add_parser(sub) -> None:
     add_arguments(p)
 
     def run(args):
+        from vargen import checks
+        checks.output_folder(args.out, "--out")  # before any data is read or tokenized
         from .loop import train
         result = train(config_from_args(args))
         if int(os.environ.get("RANK", "0")) == 0:

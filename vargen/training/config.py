@@ -6,6 +6,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from vargen import checks
+
 from .recipes import Recipe
 
 # Fields that must not change when a run resumes from its checkpoint.
@@ -46,18 +48,19 @@ class TrainConfig:
 
     def resolved(self, recipe: Recipe) -> "TrainConfig":
         """Fill unset optimiser fields from ``recipe``; check the rest."""
-        if self.steps < 0 or self.batch_size < 1 or self.ckpt_every < 1 or self.log_every < 1:
-            raise ValueError(f"need steps >= 0, batch_size, ckpt_every, log_every >= 1; got "
-                             f"{self.steps}, {self.batch_size}, {self.ckpt_every}, {self.log_every}")
+        for name, minimum in (("steps", 0), ("batch_size", 1), ("ckpt_every", 1), ("log_every", 1),
+                              ("warmup_steps", 0), ("seed", 0), ("image_size", 1)):
+            checks.number(name, getattr(self, name), minimum=minimum, integer=True)
+        for name in ("lr", "weight_decay", "grad_clip", "min_lr"):
+            checks.number(name, getattr(self, name), minimum=0, optional=True)
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
         filled = {name: getattr(recipe, name) if getattr(self, name) is None else getattr(self, name)
                   for name in _FROM_RECIPE}
         if filled["schedule"] not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {filled['schedule']!r}")
-        filled["betas"] = tuple(float(b) for b in filled["betas"])
-        if not 0 <= filled["ema_decay"] < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {filled['ema_decay']}")
+        filled["betas"] = tuple(checks.number("betas", b, minimum=0, below=1) for b in filled["betas"])
+        checks.number("ema_decay", filled["ema_decay"], minimum=0, below=1)
         lr = recipe.learning_rate(self.batch_size) if self.lr is None else self.lr
         min_lr = recipe.min_lr_ratio * lr if self.min_lr is None else self.min_lr
         return dataclasses.replace(self, lr=lr, min_lr=min_lr, **filled)

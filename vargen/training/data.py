@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from vargen import checks
 from vargen.seeding import sample_seed
 
 from .config import TrainConfig
@@ -52,6 +53,25 @@ class GlobalBatchSampler:
                              f"{world_size} processes")
         per_rank = self.batch_size // world_size
         return self.global_batch(step)[rank * per_rank:(rank + 1) * per_rank]
+
+
+def check_data(model: nn.Module, data: Dict[str, torch.Tensor], source: str) -> None:
+    """Refuse data the model cannot train on before a run folder exists: token ids outside the
+    generator's vocabulary, labels outside its classes, NaN / inf latents or pixels."""
+    inputs, labels = data["inputs"], data["labels"]
+    where = f"--data {source}"
+    if getattr(model, "kind", None) == "generator":
+        if model.is_discrete:
+            try:
+                model.check_tokens(inputs)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{where}: {e} ({model.vocab_size} codes: does the token file come "
+                              f"from this generator's tokenizer?)") from None
+        else:
+            checks.finite(f"{where}: latents", inputs)
+        checks.class_labels(labels, model.num_classes, name=f"{where}: labels")
+    else:
+        checks.finite(f"{where}: inputs", inputs)
 
 
 def load_tokenizer(spec: str, device: torch.device) -> nn.Module:

@@ -26,12 +26,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from vargen import checks
 from vargen.hub import atomic_write
 
 from .card import device_name, model_card
 from .checkpoint import CHECKPOINT_NAME, LOG_NAME, resume, save_checkpoint, truncate_log
 from .config import TrainConfig
-from .data import GlobalBatchSampler, load_data
+from .data import GlobalBatchSampler, check_data, load_data
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -106,7 +107,7 @@ class _Logger:
 
 
 def _device(cfg: TrainConfig, world_size: int) -> torch.device:
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = checks.device(cfg.device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -141,6 +142,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int], None]] = None) -> 
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = create_model(cfg.model, **cfg.overrides).to(device).train()
+        check_data(model, data, cfg.data)
         ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
         optimizer, params = adamw(model, cfg)
         ckpt_path = out / CHECKPOINT_NAME
