@@ -25,7 +25,9 @@ from vargen.cli import main as cli_main
 from vargen.eval import sample as eval_sample
 from vargen.eval.stats import save_npz
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+# The killed run uses this process's thread count: the reruns run in-process, and float sums
+# (convolutions, Inception features) are only reproducible at the same number of threads.
+ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
 SAFETY_TIMEOUT_S = 900  # only against a hung child; nothing here asserts a duration
 
 
@@ -120,9 +122,9 @@ def test_eval_sample_resumes_after_kill(tmp_path, capfd):
     kill_when(["vargen.eval.sample", *argv(cut)], (cut / "shard-000000.npz").exists)
     assert not (cut / "samples.npz").exists()
     capfd.readouterr()
-    assert eval_sample.main(argv(cut)) == cut / "samples.npz"
+    assert eval_sample.main(argv(cut)) == 0 and (cut / "samples.npz").is_file()
     assert "vargen.eval.sample: resuming" in capfd.readouterr().err
-    assert eval_sample.main(argv(whole)) == whole / "samples.npz"
+    assert eval_sample.main(argv(whole)) == 0
     names = visible(whole)
     assert names == visible(cut) and "samples.npz" in names and "shard-000002.npz" in names
     assert digests(cut, names) == digests(whole, names)
