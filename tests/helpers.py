@@ -59,3 +59,20 @@ def prefill_hub_cache(cache, repo_id: str, save, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     assert huggingface_hub.constants.HF_HUB_OFFLINE  # conftest: no network in tests
     return repo / "snapshots" / HUB_SHA
+
+
+def randomised(name: str, **overrides) -> torch.nn.Module:
+    """A registered model in eval mode with every weight random (official inits zero the heads)."""
+    from vargen.registry import create_model
+    model = create_model(name, **overrides).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+def count_network_passes(model) -> list:
+    """One entry per forward of the trunk's first block (not the sampler's own counter)."""
+    calls = []
+    model.layers[0].register_forward_hook(lambda *_: calls.append(1))
+    return calls

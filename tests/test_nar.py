@@ -12,26 +12,13 @@ from vargen.registry import create_model
 from vargen.samplers import NeighborSampler, create_sampler
 from vargen.seeding import SampleRNG
 
-
-def _randomised(name: str, **overrides) -> torch.nn.Module:
-    """A tiny model with every weight random (the heads are zero-initialised otherwise)."""
-    model = create_model(name, **overrides).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model
-
-
-def _count_forward_calls(model) -> list:
-    calls = []
-    model.layers[0].register_forward_hook(lambda *_: calls.append(1))
-    return calls
+from helpers import count_network_passes, randomised
 
 
 @pytest.mark.parametrize("grid", [4, 5])
 def test_image_decoding_takes_2n_minus_1_passes(grid):
-    model = _randomised("nar-tiny", grid_size=grid)
-    calls = _count_forward_calls(model)
+    model = randomised("nar-tiny", grid_size=grid)
+    calls = count_network_passes(model)
     sampler = create_sampler("neighbor", cfg_scale=2.0, top_k=5)
     tokens = sampler(model, torch.tensor([1, 2]), SampleRNG(0, 2))
     assert tokens.shape == (2, grid, grid)
@@ -39,9 +26,9 @@ def test_image_decoding_takes_2n_minus_1_passes(grid):
 
 
 def test_video_decoding_takes_t_plus_h_plus_w_minus_2_passes():
-    model = _randomised("nar-video-tiny")
+    model = randomised("nar-video-tiny")
     t, h, w = model.token_shape
-    calls = _count_forward_calls(model)
+    calls = count_network_passes(model)
     sampler = NeighborSampler(cfg_scale=1.5)
     tokens = sampler(model, torch.tensor([3]), SampleRNG(0, 1))
     assert tokens.shape == (1, t, h, w)
@@ -70,7 +57,7 @@ def test_proximity_mask_with_several_condition_tokens_is_causal_among_them():
 @pytest.mark.parametrize("name", ["nar-tiny", "nar-video-tiny"])
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
 def test_cached_diagonal_decoding_matches_full_masked_forward(name, cfg_scale):
-    model = _randomised(name)
+    model = randomised(name)
     n = model.config.block_size
     tokens = torch.randint(0, model.vocab_size, (3, n))
     labels = torch.tensor([0, 4, 7])
@@ -83,7 +70,7 @@ def test_cached_diagonal_decoding_matches_full_masked_forward(name, cfg_scale):
 
 
 def test_training_logits_mix_heads_as_the_official_code():
-    model = _randomised("nar-tiny")
+    model = randomised("nar-tiny")
     g, v = model.config.grid_size, model.vocab_size
     tokens, labels = torch.randint(0, v, (2, g * g)), torch.tensor([1, 2])
     with torch.no_grad():
@@ -101,7 +88,7 @@ def test_training_logits_mix_heads_as_the_official_code():
 
 @pytest.mark.parametrize("name", ["nar-tiny", "nar-video-tiny"])
 def test_same_seed_same_tokens_alone_or_in_a_batch(name):
-    model = _randomised(name)
+    model = randomised(name)
     sampler = NeighborSampler(cfg_scale=2.0, cfg_schedule="linear", temperature=1.3, top_p=0.95)
     labels = torch.tensor([3, 1, 4, 1])
     batch = sampler(model, labels, SampleRNG(7, [10, 11, 12, 13]))
@@ -112,7 +99,7 @@ def test_same_seed_same_tokens_alone_or_in_a_batch(name):
 
 
 def test_cfg_scale_one_equals_no_cfg():
-    model = _randomised("nar-tiny")
+    model = randomised("nar-tiny")
     labels = torch.tensor([2, 5])
     plain = NeighborSampler(top_k=8)(model, labels, SampleRNG(1, 2))
     assert torch.equal(plain, NeighborSampler(cfg_scale=1.0, top_k=8)(model, labels, SampleRNG(1, 2)))
@@ -189,7 +176,7 @@ def test_official_video_key_tree_loads_strictly():
 
 
 def test_save_and_load_pretrained_roundtrip(tmp_path):
-    model = _randomised("nar-video-tiny")
+    model = randomised("nar-video-tiny")
     model.save_pretrained(tmp_path)
     again = NARVideo.from_pretrained(tmp_path)
     assert again.config == model.config

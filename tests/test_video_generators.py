@@ -1,33 +1,18 @@
 """Video generators: NAR video and its raster baseline on the same trunk (tiny configs), and the
 shipped Moving-MNIST pair end to end (passes counted by a hook on the network, batch invariance,
 clips in [-1, 1])."""
-import math
 
 import pytest
 import torch
 
 import vargen
-from vargen.samplers import RasterSampler, create_sampler
+from vargen.samplers import create_sampler
 
-
-def _randomised(name: str, **overrides) -> torch.nn.Module:
-    """Every weight random (the official init zeroes the heads)."""
-    model = vargen.create_model(name, **overrides).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model
-
-
-def _count_network_passes(model) -> list:
-    """One entry per forward of the network's first block (not the sampler's own counter)."""
-    calls = []
-    model.layers[0].register_forward_hook(lambda *_: calls.append(1))
-    return calls
+from helpers import count_network_passes, randomised
 
 
 def test_raster_video_cached_decoding_matches_full_forward():
-    model = _randomised("raster-video-tiny")
+    model = randomised("raster-video-tiny")
     n = model.config.block_size
     tokens = torch.randint(0, model.vocab_size, (3, *model.token_grid))
     labels = torch.tensor([0, 5, 9])
@@ -47,8 +32,8 @@ def test_raster_video_cached_decoding_matches_full_forward():
     ("raster-video-tiny", "raster", lambda t, h, w: t * h * w),
 ])
 def test_decoding_passes_counted_on_the_network(name, sampler, passes):
-    model = _randomised(name)
-    calls = _count_network_passes(model)
+    model = randomised(name)
+    calls = count_network_passes(model)
     s = create_sampler(sampler, cfg_scale=2.0)
     tokens = s(model, torch.tensor([1, 2]), vargen.SampleRNG(0, 2))
     assert tokens.shape == (2, *model.token_grid)
@@ -57,7 +42,7 @@ def test_decoding_passes_counted_on_the_network(name, sampler, passes):
 
 @pytest.mark.parametrize("sampler", ["raster", "sjd"])
 def test_raster_video_same_seed_alone_or_in_a_batch(sampler):
-    model = _randomised("raster-video-tiny")
+    model = randomised("raster-video-tiny")
     s = create_sampler(sampler, cfg_scale=2.0, top_k=16)
     labels = torch.tensor([3, 1, 4])
     batch = s(model, labels, vargen.SampleRNG(5, [0, 1, 2]))
@@ -87,7 +72,7 @@ def test_raster_video_refuses_a_2d_position_scheme():
 @pytest.mark.parametrize("name, passes", [("nar-video-mnist", 4 + 8 + 8 - 2), ("raster-video-mnist", 4 * 8 * 8)])
 def test_shipped_video_pipeline_generates_clips(name, passes):
     pipe = vargen.load_pipeline(name)
-    calls = _count_network_passes(pipe.generator)
+    calls = count_network_passes(pipe.generator)
     clips = pipe.generate([3, 7], seed=0)
     assert clips.shape == (2, 3, 16, 32, 32)
     assert clips.min() >= -1 and clips.max() <= 1
