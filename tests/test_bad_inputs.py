@@ -182,6 +182,8 @@ API = [
     ("mingtok encode nan", lambda a, o: model("mingtok-mnist").encode(image(NAN)), ValueError, "images"),
     ("mingtok decode nan", lambda a, o: model("mingtok-mnist").decode(
         torch.full((1, model("mingtok-mnist").latent_channels, 8, 8), NAN)), ValueError, "latents"),
+    ("mingtok decode_features nan", lambda a, o: model("mingtok-mnist").decode_features(
+        torch.full((1, 64, model("mingtok-mnist").config.semantic_dim), NAN), (8, 8)), ValueError, "features"),
     ("video-vq encode nan", lambda a, o: model("video-vq-mnist").encode(clip(NAN, 16).expand(1, 3, 16, 16, 16)
                                                                           .contiguous()), ValueError, "videos"),
     ("larp encode inf", lambda a, o: model("larp-tiny", False).encode(torch.full((1, 3, 4, 16, 16), INF)),
@@ -323,6 +325,8 @@ CLI = [
     ("train out file", "vargen", TRAIN + " --out {a}/existing.txt", "existing.txt"),
     ("train out read-only", "vargen", TRAIN + " --out {ro}/run", "--out"),
     ("train lr nan", "vargen", TRAIN + " --lr nan --out {o}/run", "--lr"),
+    ("train override nan", "vargen", TRAIN + " --override class_dropout_prob=nan --out {o}/run", "class_dropout_prob"),
+    ("train override inf", "vargen", TRAIN + " --override class_dropout_prob=1e999 --out {o}/run", "class_dropout_prob"),
     ("train steps 2.5", "vargen", TRAIN.replace("--steps 1", "--steps 2.5") + " --out {o}/run", "--steps"),
     ("train ema-decay 1", "vargen", TRAIN + " --ema-decay 1 --out {o}/run", "--ema-decay"),
     ("train seed -1", "vargen", TRAIN + " --seed -1 --out {o}/run", "--seed"),

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import Mlp, PatchEmbed, SwiGLUPacked
 
+from vargen import checks
 from vargen.nn import Attention
 from vargen.registry import Weights, register_model
 from vargen.tokenizers.base import Tokenizer
@@ -305,6 +306,7 @@ class MingTok(Tokenizer):
         if features.dim() != 3 or features.shape[-1] != d or features.shape[1] != grid[0] * grid[1]:
             raise ValueError(f"features must be [B, {grid[0] * grid[1]}, {d}] for grid {tuple(grid)}, "
                              f"got {tuple(features.shape)}")
+        features = checks.finite("features", features)
         return self._unpatchify(self._pixel_patches(features, grid), grid).clamp(-1, 1)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

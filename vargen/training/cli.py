@@ -8,6 +8,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Tuple
 
@@ -25,9 +26,18 @@ def _parse_override(text: str) -> Tuple[str, Any]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--override expects key=value, got {text!r}")
     try:
-        return key, ast.literal_eval(value)
+        parsed = ast.literal_eval(value)
     except (ValueError, SyntaxError):
-        return key, value  # a bare string
+        parsed = value  # a bare string ("nan" and "inf" among them: checked below)
+    values = parsed if isinstance(parsed, (tuple, list)) else (parsed,)
+    for x in values:
+        try:
+            finite = math.isfinite(float(x)) if isinstance(x, (str, float)) else True
+        except ValueError:
+            finite = True  # a real string
+        if not finite:
+            raise argparse.ArgumentTypeError(f"--override {key}={value}: {x!r} is not a finite number")
+    return key, parsed
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
