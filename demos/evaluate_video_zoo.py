@@ -11,6 +11,8 @@ clip (generation + decoding, measured back to back in this process).
         --gif docs/video_nar_vs_raster.gif
     OMP_NUM_THREADS=2 python demos/evaluate_video_zoo.py --num-clips 256 --pipelines --reference-rows
     python demos/evaluate_video_zoo.py --num-clips 10 --skip-fvd --gif side_by_side.gif   # GIF only
+    OMP_NUM_THREADS=2 python demos/evaluate_video_zoo.py --num-clips 64 --skip-fvd --repeats 3  # timing only
+    python demos/evaluate_video_zoo.py --num-clips 60 --skip-fvd --cfg-scale 1.5           # a cfg sweep point
 
 The real clips' I3D statistics are cached in ``--real-stats`` (they cost as much as one model's).
 """
@@ -49,6 +51,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num-clips", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64, help="generation batch")
+    ap.add_argument("--repeats", type=int, default=1, help="timed generation rounds (interleaved; min kept)")
+    ap.add_argument("--cfg-scale", type=float, default=None, help="override the pipelines' cfg (a sweep)")
     ap.add_argument("--i3d-batch-size", type=int, default=8)
     ap.add_argument("--pipelines", nargs="*", default=list(PIPELINES))
     ap.add_argument("--reference-rows", action="store_true",
@@ -81,18 +85,27 @@ def main() -> None:
         return
 
     results, showcase = {}, []
-    for name in args.pipelines:
-        pipe = vargen.load_pipeline(name)
-        calls = []
-        hook = pipe.generator.layers[0].register_forward_hook(lambda *_: calls.append(1))
-        t0 = time.perf_counter()
-        clips = pipe.generate(labels, seed=0, batch_size=args.batch_size)
-        seconds = time.perf_counter() - t0
-        hook.remove()
+    pipes = {name: vargen.load_pipeline(name) for name in args.pipelines}
+    # Wall clock: the pipelines interleaved (A B A B ...) --repeats times, the minimum kept; the
+    # clips of the first round are the ones scored (every round makes the same ids).
+    clips_of, seconds_of = {}, {name: [] for name in pipes}
+    for _ in range(args.repeats):
+        for name, pipe in pipes.items():
+            calls = []
+            hook = pipe.generator.layers[0].register_forward_hook(lambda *_: calls.append(1))
+            t0 = time.perf_counter()
+            cfg = {} if args.cfg_scale is None else {"cfg_scale": args.cfg_scale}
+            clips = pipe.generate(labels, seed=0, batch_size=args.batch_size, **cfg)
+            seconds_of[name].append(time.perf_counter() - t0)
+            hook.remove()
+            clips_of.setdefault(name, (clips, len(calls)))
+    for name, pipe in pipes.items():
+        clips, passes = clips_of[name]
         batches = -(-n // args.batch_size)
         grid = pipe.generator.token_grid
-        row = {"sampler": pipe.default_sampler, **pipe.sampler_options, "token_grid": list(grid),
-               "passes_per_batch": len(calls) / batches, "seconds_per_clip": round(seconds / n, 4),
+        options = {**pipe.sampler_options, **({} if args.cfg_scale is None else {"cfg_scale": args.cfg_scale})}
+        row = {"sampler": pipe.default_sampler, **options, "token_grid": list(grid),
+               "passes_per_batch": passes / batches, "seconds_per_clip": round(min(seconds_of[name]) / n, 4),
                "frame_accuracy": frame_accuracy(classifier, clips, labels)}
         if not args.skip_fvd:
             t0 = time.perf_counter()
