@@ -1,0 +1,78 @@
+"""demos/bench.py, the benchmark command: its plumbing, not its timings (tests never time)."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+DEMOS = Path(__file__).resolve().parents[1] / "demos"
+sys.path.insert(0, str(DEMOS))
+
+import bench  # noqa: E402
+import official  # noqa: E402
+
+
+def test_quick_defaults_and_unknown_sections():
+    args = bench.parse_args(["--quick"])
+    assert (args.size, args.repeats, args.xar_steps) == ("tiny", 2, 10)
+    assert args.families == list(bench.FAMILIES)
+    assert bench.parse_args([]).size == "b"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sections", "raster,warp-drive"])
+
+
+def test_missing_official_checkout_is_skipped_with_a_message(tmp_path, capsys):
+    args = bench.parse_args(["--quick", "--sections", "raster,cont-ar", "--official-root", str(tmp_path)])
+    jobs = bench.generator_jobs(args)
+    assert [(j["family"], j["impl"]) for j in jobs] == [("raster", "vargen"), ("cont-ar", "vargen")]
+    out = capsys.readouterr().out
+    assert "[raster] official: skipped" in out and "LlamaGen" in out
+    assert "[cont-ar] official: skipped" in out
+    with pytest.raises(official.OfficialMissing, match="--official-root"):
+        official.build("nar", str(tmp_path), {}, {})
+
+
+def test_vargen_worker_samples_the_family_it_names():
+    """One worker at a micro trunk: the pass count is the family's (256 raster steps, 2n - 1 NAR diagonals)."""
+    base = dict(trunk=dict(n_layer=1, dim=32, n_head=2), batch=2, cfg=2.0, xar_cfg=2.7, top_k=0, num_steps=2,
+                latent_shape=(2, 2, 2), dtype="float32", device="cpu", seed=0, threads=1, official_root=None)
+    rows = {f: bench.worker({**base, "family": f, "impl": "vargen"}) for f in ("raster", "nar")}
+    assert rows["raster"]["passes"] == 256 and rows["nar"]["passes"] == 31
+    assert all(r["seconds"] > 0 and r["peak_mib"] >= 0 for r in rows.values())
+
+
+def test_same_official_weights_load_strictly_into_vargen(monkeypatch):
+    """vargen's side runs the official model's weights through the converter (a stand-in official
+    builder here: the official repositories are not part of the test environment)."""
+    import vargen
+    source = vargen.create_model("llamagen-b", n_layer=1, dim=32, n_head=2)
+    official._randomise_zero_heads(source)
+    monkeypatch.setattr(official, "build", lambda *a, **k: official.Official(source, None))
+    spec = dict(trunk=dict(n_layer=1, dim=32, n_head=2), cfg=2.0, top_k=0, seed=0, device="cpu",
+                official_root="somewhere")
+    model, _ = bench.vargen_generator("raster", spec, torch.float32)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_update_readme_replaces_only_the_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{bench.README_START}\nold table\n{bench.README_END}\noutro\n")
+    bench.update_readme(readme, "new table")
+    assert readme.read_text() == f"intro\n{bench.README_START}\nnew table\n{bench.README_END}\noutro\n"
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    with pytest.raises(ValueError, match="bench:start"):
+        bench.update_readme(bare, "x")
+    assert bare.read_text() == "no markers\n"
+
+
+def test_tables_give_ratios_of_minima():
+    args = bench.parse_args(["--sections", "raster,nar", "--batch", "4"])
+    rows = [dict(family="raster", impl="official", min_s=6.0, median_s=7.0, peak_mib=10, passes=None, runs=2),
+            dict(family="raster", impl="vargen", min_s=2.0, median_s=2.0, peak_mib=5, passes=256, runs=2),
+            dict(family="nar", impl="vargen", min_s=0.5, median_s=0.5, peak_mib=5, passes=31, runs=2)]
+    table = bench.generator_table(rows, args)
+    assert "**3.00×** (median 3.50×)" in table
+    assert "no official run" in table
+    assert "**4.00×**" in table  # NAR vs raster, same trunk
