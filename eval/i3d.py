@@ -60,7 +60,7 @@ class Unit3D(nn.Module):
             self.bn = nn.BatchNorm3d(cout, eps=0.001, momentum=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == (1, 1, 1) and self.stride == (1, 1, 1):
+        if self.kernel == (1, 1, 1) and self.stride == (1, 1, 1) and x.device.type == "cpu":
             # A pointwise conv is a matmul over channels; CPU conv3d runs these through its slow
             # im2col path with layout copies, the matmul on the channels-last view does not.
             w = self.conv3d.weight.flatten(1)  # [cout, cin]
@@ -123,9 +123,10 @@ class I3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, 3, T, 224, 224] -> trunk [B, 1024, T/8, 7, 7]
-        # channels_last_3d throughout: oneDNN convs skip their layout reorders and max_pool3d uses
-        # its vectorised NDHWC kernel (6x faster at stride 1); ~1.4x overall on CPU, fp32 rounding only.
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+        if x.device.type == "cpu":
+            # channels_last_3d throughout: oneDNN convs skip their layout reorders and max_pool3d uses
+            # its vectorised NDHWC kernel (6x faster at stride 1); fp32 rounding only. (GPUs: unmeasured.)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         for name, module in self.named_children():
             if name == "logits":
                 break
