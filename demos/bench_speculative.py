@@ -13,6 +13,9 @@ uses the generator of a registered pipeline (``vargen.load_pipeline``).
     python demos/bench_speculative.py --checkpoint /tmp/spec-mnist   # train (~2.5 min), keep, bench
     python demos/bench_speculative.py --model NAME                    # a shipped pipeline's generator
 
+``speculative_section(model_name, batches, samples, repeats, device)`` is the section of
+``demos/bench.py``: interleaved repeats at sampling batch 1 and 16, rows of plain dicts.
+
 Samples are drawn one at a time by default (``--sample-batch 1``, as both papers measure); sample
 i always uses the generator (seed, i), so per-sample counts do not depend on the batch size.
 """
@@ -21,7 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +36,9 @@ from vargen.data import MNISTDigits
 from vargen.models.llamagen import LlamaGen, LlamaGenConfig
 from vargen.samplers import create_sampler
 from vargen.seeding import SampleRNG
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import measure  # noqa: E402
 
 PATCH, GRID = 4, 8  # 32x32 digits -> 8x8 grid of 4x4 patches
 
@@ -93,6 +102,52 @@ def run(sampler, model, labels, seed: int, batch: int) -> dict:
             "per_sample": per_sample}
 
 
+def candidates(cfg_scale: float = 2.0, top_k: int = 0, window: int = 16) -> List[Tuple[str, str, dict]]:
+    """``(title, sampler name, options)``: raster, SJD with random and copy-left drafts, GSD at the
+    released code's G = 14 and the paper's G = 50, all with the same logits processing."""
+    logits = dict(cfg_scale=cfg_scale, top_k=top_k)
+    spec = dict(window=window, **logits)
+    return [
+        ("raster", "raster", logits),
+        ("sjd random", "sjd", spec),
+        ("sjd copy-left", "sjd", dict(spec, init="copy-left")),
+        ("gsd G=14 (code)", "gsd", spec),
+        ("gsd G=50 (paper)", "gsd", dict(spec, group_size=50)),
+    ]
+
+
+def speculative_section(model_name: str = "llamagen-mnist", batches: Sequence[int] = (1, 16), samples: int = 16,
+                        repeats: int = 2, device: str = "cpu", pretrained: bool = True, cfg_scale: float = 2.0,
+                        top_k: int = 0, window: int = 16, seed: int = 0) -> List[Dict[str, Any]]:
+    """Raster vs SJD vs GSD on a registered generator (``pretrained=False``: random weights, e.g.
+    ``"llamagen-b"`` for a B-size trunk): per sampling batch size, ``repeats`` interleaved rounds over
+    the samplers after one warm-up round; per row the seconds of each round for ``samples`` samples,
+    forward passes (all batches; per sample: the mean of each sample's own count) and peak memory.
+    Sample i always uses generator (seed, i): the counts are the same in every round."""
+    from vargen.registry import create_model
+    model = create_model(model_name, pretrained=pretrained).eval().to(device)
+    labels = (torch.arange(samples) % model.num_classes).to(device)
+    rows = []
+    for batch in batches:
+        samplers = [(title, create_sampler(name, **opts)) for title, name, opts in candidates(cfg_scale, top_k, window)]
+        first = {title: run(sampler, model, labels, seed, batch) for title, sampler in samplers}  # warm-up
+        out = {title: {"seconds": [], "peak_mib": 0.0} for title, _ in samplers}
+        for _ in range(repeats):
+            for title, sampler in samplers:
+                seconds, peak, _ = measure(lambda: run(sampler, model, labels, seed, batch), device)
+                out[title]["seconds"].append(seconds)
+                out[title]["peak_mib"] = max(out[title]["peak_mib"], peak)
+        for title, _ in samplers:
+            r = first[title]
+            rows.append({"section": "speculative", "impl": title, "baseline": "raster", "model": model_name,
+                         "pretrained": pretrained, "batch": batch, "items": samples, "unit": "sample",
+                         "threads": torch.get_num_threads(), "device": device, "cfg_scale": cfg_scale,
+                         "window": window, "forward_passes": r["forward_passes"],
+                         "forward_passes_per_sample": sum(r["per_sample"]) / len(r["per_sample"]),
+                         **out[title]})
+    return rows
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="registered pipeline whose generator to use (default: train one)")
@@ -121,17 +176,8 @@ def main(argv=None) -> dict:
         if args.checkpoint:
             model.save_pretrained(args.checkpoint)
     labels = torch.arange(args.samples) % model.num_classes
-    logits = dict(cfg_scale=args.cfg_scale, top_k=args.top_k)
-    spec = dict(window=args.window, **logits)
-    candidates = [
-        ("raster", "raster", logits),
-        ("sjd random", "sjd", spec),
-        ("sjd copy-left", "sjd", dict(spec, init="copy-left")),
-        ("gsd G=14 (code)", "gsd", spec),
-        ("gsd G=50 (paper)", "gsd", dict(spec, group_size=50)),
-    ]
     rows = {}
-    for title, name, opts in candidates:
+    for title, name, opts in candidates(args.cfg_scale, args.top_k, args.window):
         rows[title] = run(create_sampler(name, **opts), model, labels, args.seed, args.sample_batch)
     base = rows["raster"]
     print(f"\n{args.samples} samples in batches of {args.sample_batch}, CFG {args.cfg_scale}, "

@@ -103,18 +103,21 @@ class SJDSampler(DiscreteSampler):
         return torch.where(n < total, size, torch.zeros_like(n))
 
     def _top_up(self, drafts, q, kept, n, last, u, width: int, vocab: int) -> None:
-        """Fill draft slots ``>= kept`` (in place) with fresh drafts and one-hot q."""
+        """Fill draft slots ``>= kept`` (in place) with fresh drafts and one-hot q, all slots at once."""
         fresh = (u * vocab).long().clamp(max=vocab - 1)  # [B, S] uniform random tokens
-        for s in range(drafts.shape[1]):
-            new = s >= kept  # [B]
-            token = fresh[:, s]
-            if self.init != "random":
-                left = last if s == 0 else drafts[:, s - 1]
-                column0 = (n + s) % width == 0
-                token = torch.where(column0, token, left) if self.init == "copy-left" else left
-            drafts[:, s] = torch.where(new, token, drafts[:, s])
-            onehot = torch.nn.functional.one_hot(token, vocab).to(q.dtype)
-            q[:, s] = torch.where(new[:, None], onehot, q[:, s])
+        slot = torch.arange(drafts.shape[1], device=drafts.device)
+        new = slot >= kept[:, None]  # [B, S]
+        token = fresh
+        if self.init != "random":
+            # a copy chain starts from the last carried draft (or the last committed token) ...
+            source = torch.where(kept > 0, drafts.gather(1, (kept - 1).clamp(min=0)[:, None])[:, 0], last)
+            token = source[:, None].expand_as(fresh)
+            if self.init == "copy-left":  # ... and restarts with a fresh token at every row start
+                column0 = new & ((n[:, None] + slot) % width == 0)
+                restart = torch.where(column0, slot, -1).cummax(1).values  # latest row start so far
+                token = torch.where(restart >= 0, fresh.gather(1, restart.clamp(min=0)), token)
+        drafts.copy_(torch.where(new, token, drafts))
+        q.copy_(torch.where(new[..., None], torch.nn.functional.one_hot(token, vocab).to(q.dtype), q))
 
     def sample(self, model: SpeculativeDecoding, labels: torch.Tensor, rng: SampleRNG) -> torch.Tensor:
         device = labels.device
@@ -173,12 +176,14 @@ class SJDSampler(DiscreteSampler):
                 p_a = torch.where(rejected[:, None], self.residual(p_a, q_a), p_a)
             token = sample_from_probs(p_a, u_tok[rows, a])
 
-            # commit per sample (rows with size 0 are finished and stay untouched)
+            # commit the accepted drafts and the new token of every live row in one masked write
+            # (rows with size 0 are finished and stay untouched)
             live = size > 0
-            for b in live.nonzero()[:, 0].tolist():
-                nb, ab = int(n[b]), int(a[b])
-                tokens[b, nb:nb + ab] = drafts[b, :ab]
-                tokens[b, nb + ab] = token[b]
+            j = torch.arange(t, device=device)
+            committed = torch.cat([drafts[:, :t - 1], token[:, None]], 1)  # [B, t]
+            committed = torch.where(j == a[:, None], token[:, None], committed)
+            write = live[:, None] & (j <= a[:, None])  # [B, t]; n + a < total, so in range
+            tokens[rows[:, None].expand(-1, t)[write], (n[:, None] + j)[write]] = committed[write]
             # carry the target samples made after the rejection as next drafts (q = their p)
             if slots:
                 y = sample_from_probs(p, u_tok[:, :t])  # [B, t]

@@ -176,3 +176,18 @@ def test_all_table_has_adm_names_in_adm_order(ev, tmp_path, capsys):
     assert list(r["table"]) == ADM_PRINTED + ["KID"] and r["table"]["Inception Score"] is None
     assert "no 1008-way classifier" in r["inception_score_note"]
     assert "Inception Score: n/a (not available" in ev.m.format_adm_table(r)
+
+
+def test_features_equal_torch_fidelitys_own_extractor(ev):
+    """On CPU vargen runs torch-fidelity's network in channels_last (faster): the features must stay
+    those of torch-fidelity's own NCHW forward on the same weights, to float rounding."""
+    reference = ev.inc._build_network(None, ("2048", "logits_unbiased"))  # the same seeded random weights
+    x = _images(3, 7)
+    with torch.no_grad():
+        pool, logits = reference(x)
+    out = ev.ext(x)
+    weight = "Conv2d_1a_3x3.conv.weight"
+    assert ev.ext.net.get_parameter(weight).is_contiguous(memory_format=torch.channels_last)
+    assert reference.get_parameter(weight).is_contiguous()
+    for ours, theirs in ((out["2048"], pool), (out["logits_unbiased"], logits)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
