@@ -236,7 +236,7 @@ def rows_table(title: str, rows: List[dict], columns: Dict[str, str]) -> str:
             return f"{min(value):.3g} / {statistics.median(value):.3g}"
         if isinstance(value, float):
             return f"{value:.3g}"
-        return "" if value is None else str(value)
+        return "" if value is None or value == [] else str(value)
     lines = [f"**{title}**", "", "| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(k)) for k in columns) + " |" for r in rows]
     return "\n".join(lines)
@@ -268,7 +268,7 @@ def inception_runner(args):
     n = 64 if args.quick else 256
     rows = _with_ratio(bench_features.inception_section(n=n, batch=32, repeats=args.repeats, device=args.device),
                        "torch-fidelity")
-    memory = bench_features.inception_memory(ns=(250, 1000) if args.quick else (1000, 4000))
+    memory = bench_features.inception_memory(ns=(100, 400) if args.quick else (1000, 4000))
     for m in memory:
         m["impl"] = f"vargen, {m['items']} images (fresh process)"
     return ("Inception features (FID / IS / KID), 32×32 uint8 images resized to 299, batch 32",
@@ -295,6 +295,7 @@ def speculative_runner(args):
     rows = _with_ratio(rows, "raster", group="batch")
     return ("Speculative decoding on the shipped llamagen-mnist (8×8 tokens), CFG 2.0",
             {"impl": "sampler", "batch": "batch", "forward_passes_per_sample": "passes / sample",
+             "forward_passes": "loop passes (all batches)",
              "seconds": "s (min / median)", "per_s": "samples/s", "speed_up": "vs raster", "peak_mib": "peak MiB"},
             rows)
 
