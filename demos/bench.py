@@ -98,7 +98,7 @@ def vargen_generator(family: str, spec: dict, torch_dtype):
 
     def generate(labels):
         out = sampler(model, labels % num_classes, SampleRNG(spec["seed"], labels.shape[0], device="cpu"))
-        return out, sampler.stats["forward_passes"]
+        return out, sampler.stats
     return model, generate
 
 
@@ -115,11 +115,14 @@ def worker(spec: dict) -> dict:
         run = official.build(family, spec["official_root"], spec["trunk"],
                              {**spec, "dtype": dtype, "cfg": spec["xar_cfg"] if family == "xar" else spec["cfg"]})
         seconds, peak, _ = measure(lambda: run.generate(labels), spec["device"])
-        passes = None
+        passes, tokens = None, None
     else:
         _, generate = vargen_generator(family, spec, dtype)
-        seconds, peak, (_, passes) = measure(lambda: generate(labels), spec["device"])
+        seconds, peak, (_, stats) = measure(lambda: generate(labels), spec["device"])
+        passes, tokens = stats["forward_passes"], stats.get("tokens_per_image")
     row = {"family": family, "impl": impl, "seconds": seconds, "peak_mib": peak, "passes": passes}
+    if impl == "vargen" and tokens:
+        row["tokens_per_image"] = tokens
     if spec.get("profile"):
         row["profile"] = profile(run.generate if impl == "official" else generate, labels)
     return row
@@ -195,7 +198,8 @@ def summarise(family: str, impl: str, rows: List[dict]) -> dict:
     seconds = [r["seconds"] for r in rows]
     passes = next((r["passes"] for r in rows if r["passes"] is not None), None)
     return {"family": family, "impl": impl, "min_s": min(seconds), "median_s": statistics.median(seconds),
-            "peak_mib": max(r["peak_mib"] for r in rows), "passes": passes, "runs": len(rows)}
+            "peak_mib": max(r["peak_mib"] for r in rows), "passes": passes, "runs": len(rows),
+            "tokens_per_image": rows[0].get("tokens_per_image")}
 
 
 def generator_table(rows: List[dict], args) -> str:
@@ -222,6 +226,13 @@ def generator_table(rows: List[dict], args) -> str:
         if "profile" in r:
             ops = ", ".join(f"{name} {share}%" for name, share in r["profile"])
             lines.append(f"\nProfile, {FAMILIES[r['family']][2]} ({r['impl']}), share of self CPU time: {ops}")
+    xar = by.get(("xar", "vargen"))
+    if xar and xar.get("tokens_per_image"):
+        steps = xar["passes"] // 4  # 4 cells of 64 tokens, as the official sampler
+        official_tokens = 2 * (steps * 256 + 192)  # every call CFG-doubled; clean cells ride on a step
+        lines.append(f"\nxAR token rows per image (CFG doubling and clean contexts included): official scheme "
+                     f"{official_tokens:,}, vargen {xar['tokens_per_image']:,.0f} (cell 0 has CFG scale 1 under the "
+                     f"linear ramp and runs undoubled)")
     raster, nar = by.get(("raster", "vargen")), by.get(("nar", "vargen"))
     if raster and nar:
         lines.append(f"\nNAR vs raster on the same trunk (vargen, this run): **{raster['min_s'] / nar['min_s']:.2f}×** "
