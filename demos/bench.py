@@ -10,7 +10,7 @@ minima. Then the evaluation sections (Inception and I3D features, SJD/GSD) run i
     python demos/bench.py --official-root /path/to/official --quick          # <= 20 min on 2 CPU cores
     python demos/bench.py --official-root /path/to/official --size b --repeats 3
     python demos/bench.py --official-root /path/to/official --size b --device cuda --dtype bfloat16 --compile
-    python demos/bench.py ... --update-readme README.md     # rewrite the README's benchmark block
+    python demos/bench.py ... --update-readme README.md     # rewrite the README's block of this run
 
 ``--official-root`` is a scratch folder holding checkouts of the official repositories (see
 demos/official.py); without it, or where one is missing, the official rows are skipped with a
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
-README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
 
 # Trunk overrides (vargen's config names; demos/official.py maps them) per --size.
 TRUNKS = {
@@ -324,14 +324,20 @@ def header(args) -> str:
             f"start {load:.2f}; {time.strftime('%Y-%m-%d')}")
 
 
-def update_readme(path: Path, block: str) -> None:
+def readme_markers(block: str) -> tuple:
+    return f"<!-- bench:{block} -->", f"<!-- /bench:{block} -->"
+
+
+def update_readme(path: Path, block: str, text: str) -> None:
+    """Replace what stands between the README's ``<!-- bench:BLOCK -->`` markers with ``text``."""
     from vargen.hub import atomic_write
-    text = path.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{path}: no {README_START} ... {README_END} block to replace")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(f"{head}{README_START}\n{block}\n{README_END}{tail}"))
+    start, end = readme_markers(block)
+    readme = path.read_text()
+    if start not in readme or end not in readme:
+        raise ValueError(f"{path}: no {start} ... {end} block to replace")
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(f"{head}{start}\n{text}\n{end}{tail}"))
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -355,7 +361,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", default="", help="comma list of families to profile once more (both sides)")
     p.add_argument("--markdown", default=None, help="also write the tables to this file")
-    p.add_argument("--update-readme", default=None, help="replace the README's bench block with the tables")
+    p.add_argument("--update-readme", default=None, help="write the tables into this README's bench block")
+    p.add_argument("--block", default=None, help="README block name (default: quick, or SIZE-DTYPE)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -371,6 +378,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"unknown sections {unknown}; choose from {[*FAMILIES, *EVAL_SECTIONS]}")
     args.families = [s for s in args.sections if s in FAMILIES]
     args.profile = [s for s in args.profile.split(",") if s]
+    args.block = args.block or ("quick" if args.quick else f"{args.size}-{args.dtype}")
     return args
 
 
@@ -391,7 +399,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     if args.update_readme:
-        update_readme(Path(args.update_readme), text)
+        update_readme(Path(args.update_readme), args.block, text)
     return 0
 
 

@@ -55,16 +55,15 @@ def test_same_official_weights_load_strictly_into_vargen(monkeypatch):
         assert torch.equal(model.state_dict()[key], value), key
 
 
-def test_update_readme_replaces_only_the_block(tmp_path):
+def test_update_readme_replaces_only_its_block(tmp_path):
+    (a0, a1), (b0, b1) = bench.readme_markers("quick"), bench.readme_markers("b-float32")
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{bench.README_START}\nold table\n{bench.README_END}\noutro\n")
-    bench.update_readme(readme, "new table")
-    assert readme.read_text() == f"intro\n{bench.README_START}\nnew table\n{bench.README_END}\noutro\n"
-    bare = tmp_path / "bare.md"
-    bare.write_text("no markers\n")
-    with pytest.raises(ValueError, match="bench:start"):
-        bench.update_readme(bare, "x")
-    assert bare.read_text() == "no markers\n"
+    readme.write_text(f"intro\n{a0}\nold\n{a1}\nmiddle\n{b0}\nother\n{b1}\noutro\n")
+    bench.update_readme(readme, "quick", "new table")
+    assert readme.read_text() == f"intro\n{a0}\nnew table\n{a1}\nmiddle\n{b0}\nother\n{b1}\noutro\n"
+    with pytest.raises(ValueError, match="bench:b-bfloat16"):
+        bench.update_readme(readme, "b-bfloat16", "x")
+    assert bench.parse_args(["--size", "b", "--dtype", "bfloat16"]).block == "b-bfloat16"
 
 
 def test_tables_give_ratios_of_minima():
