@@ -93,6 +93,8 @@ def vargen_generator(family: str, spec: dict, torch_dtype):
         torch.manual_seed(spec["seed"])
         official._randomise_zero_heads(model)
     model = model.eval().to(device=spec["device"], dtype=torch_dtype)
+    if spec.get("compile", "off") != "off":  # CUDA graphs come with mode="reduce-overhead"
+        model.compile_steps(mode=None if spec["compile"] == "default" else spec["compile"])
     sampler = create_sampler(sampler_name, **sampler_options(family, spec))
     num_classes = model.num_classes
 
@@ -172,7 +174,8 @@ def generator_jobs(args) -> List[dict]:
                              cfg=args.cfg, xar_cfg=args.xar_cfg, top_k=args.top_k,
                              num_steps=args.xar_steps if family == "xar" else args.head_steps,
                              latent_shape=args.video_shape, dtype=args.dtype, device=args.device,
-                             seed=args.seed, threads=args.threads, official_root=args.official_root))
+                             seed=args.seed, threads=args.threads, official_root=args.official_root,
+                             compile=args.compile))
     return jobs
 
 
@@ -314,14 +317,22 @@ def speculative_runner(args):
 EVAL_RUNNERS = {"inception": inception_runner, "i3d": i3d_runner, "speculative": speculative_runner}
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def header(args) -> str:
     import torch
-    load = os.getloadavg()[0]
-    return (f"`{' '.join(['python', 'demos/bench.py'] + sys.argv[1:])}` — torch {torch.__version__}, "
-            f"{platform.processor() or platform.machine()}, {args.threads} threads, device {args.device}, "
-            f"{args.dtype}, size {args.size}, batch {args.batch}, CFG {args.cfg} (xAR {args.xar_cfg}, "
-            f"{args.xar_steps} SDE steps), top-k {args.top_k}, {args.repeats} rounds; load average at the "
-            f"start {load:.2f}; {time.strftime('%Y-%m-%d')}")
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_name()
+    return (f"`{' '.join(['python', 'demos/bench.py'] + sys.argv[1:])}`: torch {torch.__version__}, {device}, "
+            f"{args.threads} threads, {args.dtype}, compile {args.compile}, size {args.size}, batch {args.batch}, "
+            f"CFG {args.cfg} (xAR {args.xar_cfg}, {args.xar_steps} SDE steps per cell), top-k {args.top_k}, "
+            f"{args.repeats} rounds A B / B A; load average at the start {os.getloadavg()[0]:.2f}"
+            f"{'; ' + args.note if args.note else ''}; {time.strftime('%Y-%m-%d')}")
 
 
 def readme_markers(block: str) -> tuple:
@@ -350,8 +361,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=None, help="rounds (default 2 quick, 3 otherwise)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                   help="both sides' dtype (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"], default=None,
+                   help="torch.compile vargen's step methods (default: off on CPU, reduce-overhead = "
+                        "CUDA graphs on CUDA)")
     p.add_argument("--cfg", type=float, default=2.0, help="CFG of the discrete generators")
     p.add_argument("--xar-cfg", type=float, default=2.7, help="xAR-B's official CFG")
     p.add_argument("--xar-steps", type=int, default=None, help="flow steps per xAR cell (default 40; 10 quick)")
@@ -360,6 +375,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--video-shape", type=int, nargs=3, default=(4, 16, 16), metavar=("T", "H", "W"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", default="", help="comma list of families to profile once more (both sides)")
+    p.add_argument("--note", default="", help="what else ran on the machine, for the header")
     p.add_argument("--markdown", default=None, help="also write the tables to this file")
     p.add_argument("--update-readme", default=None, help="write the tables into this README's bench block")
     p.add_argument("--block", default=None, help="README block name (default: quick, or SIZE-DTYPE)")
@@ -367,6 +383,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.worker:
         return args
+    cuda = args.device.startswith("cuda")
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    args.compile = args.compile or ("reduce-overhead" if cuda else "off")
     args.size = args.size or ("tiny" if args.quick else "b")
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.xar_steps = args.xar_steps or (10 if args.quick else 40)
