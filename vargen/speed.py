@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from vargen.nn.attention import KVCache
+
 # The methods that run the network once per sampler step, by capability (samplers/capabilities.py):
 # RasterDecoding, NeighborDecoding, EntityFlow, TokenFlowDecoding.
 STEP_METHODS: Tuple[str, ...] = ("prefill", "decode", "prefill_features", "decode_features",
@@ -60,6 +62,7 @@ class _Compiled:
         self.model = model
         self.names = list(compiled)
         self.failed: Optional[BaseException] = None
+        self.modules: Optional[List[torch.nn.Module]] = None  # found on the first step
         for name, fn in compiled.items():
             setattr(model, name, self._wrap(name, fn, getattr(model, name)))
 
@@ -68,7 +71,9 @@ class _Compiled:
         def step(*args: Any, **kwargs: Any) -> Any:
             if self.failed is not None:
                 return eager(*args, **kwargs)
-            state = _cache_state(self.model)
+            if self.modules is None:
+                self.modules = _modules(self.model)
+            state = _cache_state(self.modules)
             try:
                 with torch._dynamo.config.patch(**_DYNAMO_CONFIG):
                     return compiled(*args, **kwargs)
@@ -133,9 +138,9 @@ def _modules(model: Any) -> List[torch.nn.Module]:
     return [m for root in (model, *held) for m in root.modules()]
 
 
-def _cache_state(model: Any) -> list:
-    return [(cache, cache.length, cache.row_lengths) for m in _modules(model)
-            if (cache := getattr(m, "cache", None)) is not None and hasattr(cache, "row_lengths")]
+def _cache_state(modules: List[torch.nn.Module]) -> list:
+    return [(m.cache, m.cache.length, m.cache.row_lengths) for m in modules
+            if isinstance(getattr(m, "cache", None), KVCache)]
 
 
 def _restore(state: list) -> None:
