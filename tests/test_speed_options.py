@@ -202,3 +202,21 @@ def test_resolve_dtype():
         speed.resolve_dtype("float16", "cpu")
     with pytest.raises(ValueError, match="must be one of float32, bfloat16, float16"):
         speed.resolve_dtype("int8")
+
+
+def test_cli_speed_flags(tmp_path, monkeypatch, capsys):
+    """``vargen sample --dtype bfloat16 --compile`` samples (compiling made to fail: one warning,
+    eager); ``--dtype float16`` on CPU is a one-line usage error before anything loads."""
+    from vargen.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler")
+    monkeypatch.setattr(torch, "compile", broken)
+    out = tmp_path / "grid.png"
+    with pytest.warns(RuntimeWarning, match="torch.compile is unavailable for NAR"):
+        assert main(["sample", "--model", "nar-mnist", "--classes", "3", "--dtype", "bfloat16",
+                     "--compile", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["sample", "--model", "nar-mnist", "--classes", "3", "--dtype", "float16",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "float16 is not offered on CPU" in capsys.readouterr().err
