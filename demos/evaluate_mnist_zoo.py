@@ -7,6 +7,7 @@ For each pipeline (and sampler variant) it generates ``--num-samples`` class-bal
   * forward passes per batch and wall-clock seconds per image on this machine.
 
     python demos/evaluate_mnist_zoo.py --num-samples 1000 --json runs/zoo-eval.json
+    python demos/evaluate_mnist_zoo.py --dtype bfloat16 --json runs/zoo-eval-bf16.json  # same seeds in bf16
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import vargen
 from vargen.eval.inception import InceptionFeatures
 from vargen.eval.metrics import compute_metrics, reference_statistics
 from vargen.images import save_grid
+from vargen.speed import resolve_dtype
 
 VARIANTS = [  # (pipeline, sampler override or None for the pipeline's default)
     ("llamagen-mnist", None),
@@ -34,8 +36,8 @@ VARIANTS = [  # (pipeline, sampler override or None for the pipeline's default)
 
 
 def evaluate(pipe_name: str, sampler, num_samples: int, batch_size: int, extractor, ref_stats: Path,
-             classifier, out: Path) -> dict:
-    pipe = vargen.load_pipeline(pipe_name)
+             classifier, out: Path, dtype: torch.dtype = torch.float32) -> dict:
+    pipe = vargen.load_pipeline(pipe_name, torch_dtype=dtype)
     labels = torch.arange(num_samples) % 10
     start = time.perf_counter()
     images, passes, per_sample = [], [], []
@@ -48,9 +50,10 @@ def evaluate(pipe_name: str, sampler, num_samples: int, batch_size: int, extract
     seconds = time.perf_counter() - start
     images = torch.cat(images)
     name = pipe_name + (f"+{sampler}" if sampler else "")
-    save_grid(images[:100], out / f"{name}.png", nrow=10)
+    dtype_name = str(dtype).replace("torch.", "")
+    save_grid(images[:100], out / f"{name}{'' if dtype == torch.float32 else '-' + dtype_name}.png", nrow=10)
     metrics = compute_metrics(images, ref_stats, extractor=extractor)
-    return {"model": name, "accuracy": classifier.accuracy(images, labels), "fid": metrics["fid"],
+    return {"model": name, "dtype": dtype_name, "accuracy": classifier.accuracy(images, labels), "fid": metrics["fid"],
             "forward_passes_per_batch": sum(passes) / len(passes), "batch_size": batch_size,
             "forward_passes_per_sample": float(torch.tensor(per_sample, dtype=torch.float).mean()),
             "seconds_per_image": seconds / num_samples, "num_samples": num_samples,
@@ -64,7 +67,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="model names (pipeline or pipeline+sampler) to run")
     parser.add_argument("--out", default="runs/zoo-eval")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--dtype", default="float32", help="pipeline dtype: float32 or bfloat16")
     args = parser.parse_args()
+    try:
+        dtype = resolve_dtype(args.dtype)
+    except ValueError as e:
+        parser.error(str(e))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     extractor = InceptionFeatures()
@@ -78,13 +86,13 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         row = evaluate(pipe_name, sampler, args.num_samples, args.batch_size, extractor, ref_stats,
-                       classifier, out)
+                       classifier, out, dtype)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| model | accuracy | FID (held-out) | forward passes / sample | forward passes / batch | s / image |")
-    print("|---|---|---|---|---|---|")
+    print("\n| model | dtype | accuracy | FID (held-out) | forward passes / sample | forward passes / batch | s / image |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {100 * r['accuracy']:.1f}% | {r['fid']:.2f} | {r['forward_passes_per_sample']:.1f} | "
+        print(f"| {r['model']} | {r['dtype']} | {100 * r['accuracy']:.1f}% | {r['fid']:.2f} | {r['forward_passes_per_sample']:.1f} | "
               f"{r['forward_passes_per_batch']:.1f} | {r['seconds_per_image']:.4f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -29,7 +29,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from vargen import checks
-from vargen.cli import ArgumentParser, add_sampling_arguments, run_command, sampling_options
+from vargen.cli import (ArgumentParser, add_sampling_arguments, add_speed_arguments, load_fast_pipeline,
+                        run_command, sampling_options)
 from vargen.eval.stats import load_npz, save_npz
 from vargen.hub import atomic_write
 from vargen.images import to_uint8
@@ -152,6 +153,9 @@ def generate_samples(pipeline: Any, num_samples: int, out_dir: Union[str, Path],
     manifest = {"pipeline": getattr(pipeline, "name", ""), "num_samples": num_samples, "seed": seed,
                 "shard_size": shard_size, "num_classes": int(num_classes), "sampler": sampler_name,
                 "sampling_options": {k: v for k, v in sorted(sampling_options.items())}}
+    dtype = getattr(pipeline, "dtype", torch.float32)
+    if dtype != torch.float32:  # other images: a bf16 run never resumes a float32 one (or back)
+        manifest["dtype"] = str(dtype).replace("torch.", "")
     _check_manifest(out_dir, manifest, rank)
 
     num_shards = -(-num_samples // shard_size)
@@ -252,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=positive, default=1000, help="samples per resumable shard")
     p.add_argument("--num-classes", type=positive, default=None, help="default: the generator's")
     add_sampling_arguments(p)
+    add_speed_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -260,10 +265,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     """The command line; returns its exit status (2 with one line on stderr for a user error)."""
     def run(args: argparse.Namespace) -> None:
         checks.output_folder(args.out, "--out")
-        from vargen.pipeline import load_pipeline
         rank, world_size, device = init_distributed()
         try:
-            pipeline = load_pipeline(args.model, device=device)
+            pipeline = load_fast_pipeline(args, device)
             out = generate_samples(pipeline, args.num_samples, args.out, seed=args.seed, batch_size=args.batch_size,
                                    shard_size=args.shard_size, num_classes=args.num_classes, sampler=args.sampler,
                                    rank=rank, world_size=world_size, progress=not args.no_progress,

@@ -74,6 +74,11 @@ class Generator(VargenModule):
             raise ValueError(f"token ids must be in [0, {self.vocab_size - 1}]")
         return tokens.long()
 
+    def compile_steps(self, **options) -> "Generator":
+        """``torch.compile`` the sampling steps in place, eager fallback (:func:`vargen.speed.compile_steps`)."""
+        from vargen.speed import compile_steps
+        return compile_steps(self, **options)
+
     # ------------------------------------------------------------------ KV cache (inference hooks)
     def attention_layers(self) -> list:
         """Every ``vargen.nn.Attention`` that keeps a KV cache during sampling."""

@@ -149,10 +149,11 @@ class NeighborHeads:
 
         The heads are linear, so averaging logits equals projecting weight-scaled features;
         samplers apply CFG to the features too and project once, for B rows instead of 2B.
+        ``weighted`` may be float32 (guidance runs in float32) under bf16 heads.
         """
         out = None
         for k, (_, lin) in enumerate(self.head_modules()):
-            part = lin(weighted[..., k, :]).float()
+            part = lin(weighted[..., k, :].to(lin.weight.dtype)).float()
             out = part if out is None else out + part
         return out
 

@@ -137,8 +137,9 @@ class XAR(Generator):
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("token_entity", self.partition.entity_ids, persistent=False)
         self.register_buffer("mask", entity_causal_mask(self.partition), persistent=False)
-        self.register_buffer("rope", rope_2d(c.grid_size, c.dim // c.n_head, c.rope_base)[order],
-                             persistent=False)
+        # A plain float32 tensor, not a buffer (as LlamaTrunk's): model.to(torch.bfloat16) must not
+        # round the rotation table; _run moves it to the inputs' device.
+        self.rope = rope_2d(c.grid_size, c.dim // c.n_head, c.rope_base)[order]
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -178,6 +179,8 @@ class XAR(Generator):
              mask: torch.Tensor) -> torch.Tensor:
         """Both stacks on tokens ``x [B, T, C]`` at sequence positions ``seq`` -> ``[B, T, C]``."""
         pos = self.order[seq]
+        if self.rope.device != x.device:
+            self.rope = self.rope.to(x.device)
         rope = self.rope[seq]
         x = x.to(self.z_proj.weight.dtype)  # samplers integrate in float32/64; bf16 weights run bf16
         h = self.z_proj_ln(self.z_proj(x) + self.encoder_pos_embed_learned[0, pos])

@@ -127,7 +127,10 @@ class FlowSampler(Sampler):
                 nonlocal pending, calls, rows_tokens
                 x_in = x.repeat(2, 1, 1) if doubled else x
                 context, pending = pending, None  # committed with the first evaluation only
-                v = model.velocity(x_in.float(), t, both if doubled else labels, e,
+                # t as a tensor: a compiled velocity (vargen.speed) then traces it as an input
+                # instead of recompiling for every time step
+                v = model.velocity(x_in.float(), torch.tensor(t, dtype=torch.float32, device=device),
+                                   both if doubled else labels, e,
                                    context=None if context is None else context.float())
                 calls += 1
                 fed = x_in.shape[1] + (0 if context is None else context.shape[1])

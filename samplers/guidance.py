@@ -5,6 +5,8 @@ schedule (constant or linear over AR steps, LlamaGen's ``cfg_interval``), batch 
 Each family keeps its official rounding (a test of golden tokens holds them): LlamaGen's
 ``uncond + (cond - uncond) * s`` on logits (and on float64 velocities for xAR, where the same
 expression is the official drift guidance), ``torch.lerp(uncond, cond, s)`` for NAR's features.
+Guidance runs in float32 at least (float64 stays float64): a bf16 or fp16 generator's outputs are
+upcast before cond and uncond are subtracted, where low precision would cancel.
 """
 from __future__ import annotations
 
@@ -17,6 +19,12 @@ from vargen import checks
 
 CFG_SCHEDULES = ("constant", "linear")
 RULES = ("blend", "lerp")
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or as it is when already float32 / float64 (sampling math never runs in
+    a half-precision generator's dtype)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 @dataclass
@@ -56,7 +64,7 @@ class Guidance:
     @staticmethod
     def mix(out: torch.Tensor, scale, rule: str = "blend") -> torch.Tensor:
         """``[2B, ...]`` -> ``[B, ...]``: cond and uncond halves combined at ``scale``."""
-        cond, uncond = out.chunk(2, dim=0)
+        cond, uncond = full_precision(out).chunk(2, dim=0)
         if rule == "lerp":
             return torch.lerp(uncond, cond, scale)
         return uncond + (cond - uncond) * scale
@@ -66,8 +74,9 @@ class Guidance:
         CFG; the cond half where the scale is 1).
 
         ``done`` is an int, or a tensor ``[B, ...]`` (out's shape without the last dim) when rows
-        are at different steps, as in the windows of speculative samplers.
+        are at different steps, as in the windows of speculative samplers. Float32 at least.
         """
+        out = full_precision(out)
         if not self.uses_cfg:
             return out
         cond = out.chunk(2, dim=0)[0]

@@ -8,7 +8,7 @@ import torch
 
 from vargen import checks
 
-from .guidance import CFG_SCHEDULES, Guidance, cfg_labels  # noqa: F401  (re-exported)
+from .guidance import CFG_SCHEDULES, Guidance, cfg_labels, full_precision  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -23,8 +23,9 @@ class LogitsFilter:
         self.top_p = checks.number("top_p", self.top_p, above=0, maximum=1)
 
     def filter(self, logits: torch.Tensor) -> torch.Tensor:
-        """Temperature, then top-k and top-p filtering (removed entries set to -inf)."""
-        logits = logits / max(self.temperature, 1e-5)
+        """Temperature, then top-k and top-p filtering (removed entries set to -inf), in float32
+        at least: a bf16 generator's logits would tie and round in its own dtype."""
+        logits = full_precision(logits) / max(self.temperature, 1e-5)
         if self.top_k > 0:
             k = min(self.top_k, logits.shape[-1])
             kth = torch.topk(logits, k, dim=-1).values[..., -1:]

@@ -57,6 +57,25 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + name.replace("_", "-"), default=None, **kwargs)
 
 
+def add_speed_arguments(p: argparse.ArgumentParser) -> None:
+    """``--dtype`` and ``--compile`` (:mod:`vargen.speed`), applied by :func:`load_fast_pipeline`."""
+    p.add_argument("--dtype", default=None, help="cast the pipeline: float32, bfloat16, or float16 "
+                   "on CUDA (default: the weights' dtype, float32 for the shipped models)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the generator's sampling "
+                   "steps (slow first batch; falls back to eager with one warning)")
+
+
+def load_fast_pipeline(args: argparse.Namespace, device: Any):
+    """``args.model`` on ``device`` with the speed options of :func:`add_speed_arguments`."""
+    from vargen.pipeline import load_pipeline
+    from vargen.speed import resolve_dtype
+    dtype = resolve_dtype(args.dtype, device)  # refused before any weights are read
+    pipe = load_pipeline(args.model, device=device, torch_dtype=dtype)
+    if args.compile:
+        pipe.generator.compile_steps()
+    return pipe
+
+
 def sampling_options(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in SAMPLING_OPTIONS if getattr(args, k) is not None}
 
@@ -96,6 +115,7 @@ def _add_sample(sub):
                    help="samples per listed class")
     p.add_argument("--seed", type=cli_number(integer=True, minimum=0), default=0)
     add_sampling_arguments(p)
+    add_speed_arguments(p)
     p.add_argument("--batch-size", type=cli_number(integer=True, minimum=1), default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="samples.png", help="image grid (.png, .jpg, ...) or, for "
@@ -114,8 +134,7 @@ def _add_sample(sub):
                              f"`python -m vargen.eval.sample --model {args.model} --num-samples {count} --out DIR`, "
                              f"which streams them to resumable shards")
         device = checks.device(args.device)
-        import vargen
-        pipe = vargen.load_pipeline(args.model, device=device)
+        pipe = load_fast_pipeline(args, device)
         checks.class_labels(args.classes, pipe.generator.num_classes, name=f"--classes ({args.model})")
         options = sampling_options(args)
         pipe.make_sampler(args.sampler, **options)  # a refused option fails before sampling

@@ -1,0 +1,149 @@
+"""Speed options of sampling: the generator's dtype and ``torch.compile`` of its step methods.
+
+    >>> pipe = vargen.load_pipeline("nar-mnist", torch_dtype=torch.bfloat16)
+    >>> pipe.generator.compile_steps()          # or vargen.speed.compile_steps(any_model)
+    >>> images = pipe.generate([3, 1, 4], seed=0)
+
+**dtype.** A generator cast to bf16 runs its network (and its KV cache) in bf16; every sampler
+does its probability, guidance and ODE math in float32 or float64 (``samplers/guidance.py``'s
+``full_precision``, flow velocities in float64), so only the network's rounding changes.
+
+**compile.** :func:`compile_steps` wraps the methods a sampler calls once per forward pass
+(:data:`STEP_METHODS`, the network-running members of the capabilities in
+``samplers/capabilities.py``) in ``torch.compile`` on the model instance; samplers and the rest of
+the model are untouched. The KV cache's fill length is a plain int that changes every step, so the
+steps are traced with ``dynamic=True`` and with ints held by modules unspecialised (dynamo would
+otherwise recompile once per cache length and give up after its recompile limit). Where compiling
+fails (no C++ compiler, an unsupported op, ``torch.compile`` itself unavailable) the model falls
+back to its eager methods with one warning, after rolling every KV cache back to its state before
+the failed call (a partly run step must not append twice), and sampling goes on.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from vargen.nn.attention import KVCache
+
+# The methods that run the network once per sampler step, by capability (samplers/capabilities.py):
+# RasterDecoding, NeighborDecoding, EntityFlow, TokenFlowDecoding.
+STEP_METHODS: Tuple[str, ...] = ("prefill", "decode", "prefill_features", "decode_features",
+                                 "neighbor_logits", "velocity", "prefill_hidden", "decode_hidden",
+                                 "head_velocity")
+DTYPES: Dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                  "float16": torch.float16}
+# dynamo settings while a compiled step traces: cache lengths (ints on modules) stay symbolic.
+_DYNAMO_CONFIG = dict(allow_unspec_int_on_nn_module=True)
+
+
+def resolve_dtype(name: Union[str, torch.dtype, None], device: Union[str, torch.device] = "cpu",
+                  flag: str = "--dtype") -> Optional[torch.dtype]:
+    """``"float32"`` / ``"bfloat16"`` / ``"float16"`` (or a torch dtype) for sampling on ``device``;
+    None stays None (the weights' own dtype). float16 is refused on CPU, where bfloat16 is the
+    half-precision type with fast kernels and float32's range."""
+    if name is None:
+        return None
+    dtype = name if isinstance(name, torch.dtype) else DTYPES.get(str(name))
+    if dtype not in DTYPES.values():
+        raise ValueError(f"{flag} must be one of {', '.join(DTYPES)}, got {name!r}")
+    if dtype == torch.float16 and torch.device(device).type == "cpu":
+        raise ValueError(f"{flag} float16 is not offered on CPU (slow kernels, and float16 overflows "
+                         f"where bfloat16 does not); use {flag} bfloat16 on CPU, float16 on CUDA")
+    return dtype
+
+
+class _Compiled:
+    """One model's compiled steps; on the first compile failure all of them go back to eager."""
+
+    def __init__(self, model: Any, compiled: Dict[str, Callable]):
+        self.model = model
+        self.names = list(compiled)
+        self.failed: Optional[BaseException] = None
+        self.modules: Optional[List[torch.nn.Module]] = None  # found on the first step
+        for name, fn in compiled.items():
+            setattr(model, name, self._wrap(name, fn, getattr(model, name)))
+
+    def _wrap(self, name: str, compiled: Callable, eager: Callable) -> Callable:
+        @functools.wraps(eager)
+        def step(*args: Any, **kwargs: Any) -> Any:
+            if self.failed is not None:
+                return eager(*args, **kwargs)
+            if self.modules is None:
+                self.modules = _modules(self.model)
+            state = _cache_state(self.modules)
+            try:
+                with torch._dynamo.config.patch(**_DYNAMO_CONFIG):
+                    return compiled(*args, **kwargs)
+            except _compile_errors() as e:  # the user's own errors (bad input) pass through unchanged
+                _restore(state)
+                self.fail(f"{type(self.model).__name__}.{name}", e)
+                return eager(*args, **kwargs)
+        return step
+
+    def fail(self, where: str, error: BaseException) -> None:
+        self.failed = error
+        for name in self.names:  # the class's methods again
+            vars(self.model).pop(name, None)
+        warnings.warn(f"torch.compile failed for {where} ({type(error).__name__}: "
+                      f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); "
+                      f"sampling continues eagerly", RuntimeWarning, stacklevel=3)
+
+
+def _compile_errors() -> tuple:
+    # BackendCompilerFailed (Inductor / C++ compile errors), Unsupported, internal dynamo errors.
+    return (torch._dynamo.exc.TorchDynamoException,)
+
+
+def compile_steps(model: Any, *, backend: str = "inductor", mode: Optional[str] = None,
+                  dynamic: Optional[bool] = True, **options: Any) -> Any:
+    """Wrap ``model``'s step methods (those of :data:`STEP_METHODS` it has) in ``torch.compile``.
+
+    ``backend``, ``mode``, ``dynamic`` and ``options`` go to ``torch.compile`` (``backend="eager"``
+    traces without generating code: a fast check of the traced path). Compilation happens on a
+    step's first call; a failure then, or ``torch.compile`` raising here, leaves the model eager
+    with one ``RuntimeWarning``. Returns ``model``. Calling it again recompiles from the eager
+    methods.
+    """
+    names = [n for n in STEP_METHODS if callable(getattr(type(model), n, None))]
+    if not names:
+        raise TypeError(f"{type(model).__name__} has none of the step methods {', '.join(STEP_METHODS)}")
+    for name in names:  # a second call starts from the eager methods
+        vars(model).pop(name, None)
+    try:
+        compiled = {n: torch.compile(getattr(model, n), backend=backend, mode=mode,
+                                     dynamic=dynamic, **options) for n in names}
+    except Exception as e:  # noqa: BLE001 (no dynamo on this Python, unknown backend, ...)
+        warnings.warn(f"torch.compile is unavailable for {type(model).__name__} ({type(e).__name__}: "
+                      f"{e}); sampling runs eagerly", RuntimeWarning, stacklevel=2)
+        return model
+    _Compiled(model, compiled)
+    return model
+
+
+def is_compiled(model: Any) -> bool:
+    """Whether ``model``'s step methods currently run through ``torch.compile``."""
+    return any(n in vars(model) for n in STEP_METHODS)
+
+
+# ----------------------------------------------------------------------------- KV cache rollback
+def _modules(model: Any) -> List[torch.nn.Module]:
+    """The model's modules and those of a module it holds by reference (cont-AR + MingTok feeds
+    latents through the tokenizer's cached semantic decoder inside its steps)."""
+    if not isinstance(model, torch.nn.Module):
+        return []
+    held = [m for m in vars(model).values() if isinstance(m, torch.nn.Module)]
+    return [m for root in (model, *held) for m in root.modules()]
+
+
+def _cache_state(modules: List[torch.nn.Module]) -> list:
+    return [(m.cache, m.cache.length, m.cache.row_lengths) for m in modules
+            if isinstance(getattr(m, "cache", None), KVCache)]
+
+
+def _restore(state: list) -> None:
+    """Fill lengths back to a snapshot (entries written past them are dead and get overwritten)."""
+    for cache, length, rows in state:
+        cache.length, cache.row_lengths = length, rows
