@@ -32,8 +32,9 @@ def test_missing_official_checkout_is_skipped_with_a_message(tmp_path, capsys):
         official.build("nar", str(tmp_path), {}, {})
 
 
-def test_vargen_worker_samples_the_family_it_names():
+def test_vargen_worker_samples_the_family_it_names(monkeypatch):
     """One worker at a micro trunk: the pass count is the family's (256 raster steps, 2n - 1 NAR diagonals)."""
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # a worker's setting, not the test run's
     base = dict(trunk=dict(n_layer=1, dim=32, n_head=2), batch=2, cfg=2.0, xar_cfg=2.7, top_k=0, num_steps=2,
                 latent_shape=(2, 2, 2), dtype="float32", device="cpu", seed=0, threads=1, official_root=None)
     rows = {f: bench.worker({**base, "family": f, "impl": "vargen"}) for f in ("raster", "nar")}

@@ -24,7 +24,7 @@ from test_eval import tiny_pipeline
 # ------------------------------------------------------------------------------- eval.sample
 def test_too_many_classes_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
     import vargen.pipeline
-    monkeypatch.setattr(vargen.pipeline, "load_pipeline", lambda name, device: tiny_pipeline())
+    monkeypatch.setattr(vargen.pipeline, "load_pipeline", lambda name, device, **kw: tiny_pipeline())
     out = tmp_path / "run"
     argv = ["--model", "tiny", "--num-samples", "4", "--batch-size", "2", "--shard-size", "2",
             "--no-progress", "--out", str(out)]
