@@ -91,7 +91,7 @@ def vargen_generator(family: str, spec: dict, torch_dtype):
         load_state_dict_strict(model, converter(state) if converter else state, source=f"official {family}")
     else:
         torch.manual_seed(spec["seed"])
-        official._randomise_zero_heads(model)
+        official.randomise_zero_heads(model)
     model = model.eval().to(device=spec["device"], dtype=torch_dtype)
     if spec.get("compile", "off") != "off":  # CUDA graphs come with mode="reduce-overhead"
         model.compile_steps(mode=None if spec["compile"] == "default" else spec["compile"])

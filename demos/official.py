@@ -74,7 +74,7 @@ def _stub(*names: str) -> None:
             sys.modules[name] = _Stub(name)
 
 
-def _randomise_zero_heads(model: nn.Module) -> None:
+def randomise_zero_heads(model: nn.Module) -> None:
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Linear) and not m.weight.any():
@@ -84,7 +84,7 @@ def _randomise_zero_heads(model: nn.Module) -> None:
 def _build(cls, seed: int, dtype: torch.dtype, device: str, *args, **kwargs) -> nn.Module:
     torch.manual_seed(seed)
     model = cls(*args, **kwargs)
-    _randomise_zero_heads(model)
+    randomise_zero_heads(model)
     return model.eval().to(device=device, dtype=dtype)
 
 

@@ -47,7 +47,7 @@ def test_same_official_weights_load_strictly_into_vargen(monkeypatch):
     builder here: the official repositories are not part of the test environment)."""
     import vargen
     source = vargen.create_model("llamagen-b", n_layer=1, dim=32, n_head=2)
-    official._randomise_zero_heads(source)
+    official.randomise_zero_heads(source)
     monkeypatch.setattr(official, "build", lambda *a, **k: official.Official(source, None))
     spec = dict(trunk=dict(n_layer=1, dim=32, n_head=2), cfg=2.0, top_k=0, seed=0, device="cpu",
                 official_root="somewhere")
