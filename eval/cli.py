@@ -150,7 +150,7 @@ def _add_recon(sub):
         _check_outputs(args)
         from vargen.eval.recon import reconstruction_metrics
         from vargen.eval.inception import default_batch_size
-        from vargen.training.data import load_tokenizer
+        from vargen.registry import load_tokenizer
         device = args.device
         batch_size = args.batch_size or default_batch_size(device)
         tokenizer = load_tokenizer(args.tokenizer, device)

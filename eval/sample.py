@@ -29,8 +29,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from vargen import checks
-from vargen.cli import (ArgumentParser, add_sampling_arguments, add_speed_arguments, load_fast_pipeline,
-                        run_command, sampling_options)
+from vargen.cli_args import ArgumentParser, add_sampling_arguments, add_speed_arguments, run_command, sampling_options
 from vargen.eval.stats import load_npz, save_npz
 from vargen.hub import atomic_write
 from vargen.images import to_uint8
@@ -140,7 +139,7 @@ def generate_samples(pipeline: Any, num_samples: int, out_dir: Union[str, Path],
     # Everything is checked before the manifest is written: a refused run leaves nothing behind.
     if hasattr(pipeline, "make_sampler"):
         pipeline.make_sampler(sampler, **sampling_options)
-    model_classes = getattr(pipeline.generator, "num_classes", None)
+    model_classes = getattr(pipeline.transformer, "num_classes", None)
     num_classes = num_classes or model_classes
     if not num_classes:
         raise ValueError("cannot tell the number of classes from the pipeline; pass num_classes")
@@ -186,7 +185,7 @@ def generate_samples(pipeline: Any, num_samples: int, out_dir: Union[str, Path],
             b = min(a + batch_size, stop)
             labels = class_balanced_labels(a, b, num_classes)
             images = pipeline.generate(labels, seed=seed, sample_offset=a, sampler=sampler,
-                                       batch_size=batch_size, **sampling_options)
+                                       batch_size=batch_size, progress=False, **sampling_options)
             files.append(part_path(out_dir, a, b))
             save_npz(files[-1], images=to_uint8(images).permute(0, 2, 3, 1).numpy())
             bar.update(b - a)
@@ -267,7 +266,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         checks.output_folder(args.out, "--out")
         rank, world_size, device = init_distributed()
         try:
-            pipeline = load_fast_pipeline(args, device)
+            from vargen.speed import load_fast_pipeline
+            pipeline = load_fast_pipeline(args.model, device, args.dtype, args.compile)
             out = generate_samples(pipeline, args.num_samples, args.out, seed=args.seed, batch_size=args.batch_size,
                                    shard_size=args.shard_size, num_classes=args.num_classes, sampler=args.sampler,
                                    rank=rank, world_size=world_size, progress=not args.no_progress,

@@ -14,11 +14,10 @@ declares its protocol next to it, built from these pieces.
     NeighborDecoding  per-neighbour features along a diagonal schedule (NAR)
     EntityFlow        a velocity over entities of continuous tokens (xAR)
 
-A per-token flow sampler (continuous-token AR: a raster trunk whose hidden state conditions a
-small flow head) would declare, in its own file, ``TokenFlowDecoding(Conditional, Cached)``
-with ``token_grid``, ``latent_channels``, ``prefill_hidden(labels)``, ``decode_hidden(latents,
-positions)`` and ``head_velocity(x, t, hidden)``, and reuse :class:`Guidance` (``double``,
-``mix`` on float64 velocities) and :func:`vargen.samplers.flow.integrate`.
+A sampler with a new kind of model declares its protocol in its own file, built from these
+pieces (``TokenFlowDecoding`` in ``token_flow.py``), and marks the methods that run the network
+once per step with :func:`forward_pass`: :mod:`vargen.speed` compiles exactly those, so no list
+of method names is kept anywhere else.
 """
 from __future__ import annotations
 
@@ -26,6 +25,13 @@ import inspect
 from typing import Any, Generic, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
+
+
+def forward_pass(method):
+    """Mark a protocol method that runs the network once per sampler step (what
+    :func:`vargen.speed.compile_steps` compiles; :func:`step_methods` lists them)."""
+    method.runs_network = True
+    return method
 
 
 @runtime_checkable
@@ -48,9 +54,11 @@ class Cached(Protocol):
 class RasterDecoding(Conditional, Cached, Protocol):
     token_grid: Tuple[int, ...]
 
+    @forward_pass
     def prefill(self, labels: torch.Tensor) -> torch.Tensor:
         """Feed the condition; next-token logits ``[B, V]``."""
 
+    @forward_pass
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor,
                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Append ``tokens [B, T]`` at raster ``positions``; next-token logits ``[B, T, V]``."""
@@ -82,11 +90,14 @@ class NeighborDecoding(Conditional, Cached, Protocol):
 
     def neighbor_schedule(self) -> list: ...
 
+    @forward_pass
     def prefill_features(self, labels: torch.Tensor) -> torch.Tensor: ...
 
+    @forward_pass
     def decode_features(self, tokens: torch.Tensor, positions: torch.Tensor,
                         mask: Optional[torch.Tensor] = None) -> torch.Tensor: ...
 
+    @forward_pass
     def neighbor_logits(self, weighted: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -95,6 +106,7 @@ class EntityFlow(Conditional, Cached, Protocol):
     partition: Any
     latent_channels: int
 
+    @forward_pass
     def velocity(self, x: torch.Tensor, t: Any, labels: torch.Tensor, entity: int,
                  context: Optional[torch.Tensor] = None) -> torch.Tensor: ...
 
@@ -108,6 +120,14 @@ def members(capability: type) -> List[str]:
         own = [*getattr(klass, "__annotations__", {}),
                *(n for n, v in vars(klass).items() if callable(v))]
         names += [n for n in own if not n.startswith("_") and n not in names]
+    return names
+
+
+def step_methods(capability: type) -> List[str]:
+    """The :func:`forward_pass` methods of a protocol and its bases."""
+    names: List[str] = []
+    for klass in reversed(capability.__mro__):
+        names += [n for n, v in vars(klass).items() if getattr(v, "runs_network", False) and n not in names]
     return names
 
 

@@ -30,7 +30,7 @@ from vargen import checks
 from vargen.seeding import SampleRNG
 
 from .base import Sampler
-from .capabilities import Cached, Conditional
+from .capabilities import Cached, Conditional, forward_pass
 from .guidance import Guidance
 
 
@@ -41,12 +41,15 @@ class TokenFlowDecoding(Conditional, Cached, Protocol):
     token_grid: Tuple[int, ...]
     latent_channels: int
 
+    @forward_pass
     def prefill_hidden(self, labels: torch.Tensor) -> torch.Tensor:
         """Feed the condition; the first token's head condition ``[B, D]``."""
 
+    @forward_pass
     def decode_hidden(self, latents: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Append latents ``[B, T, C]`` at raster ``positions``; head conditions ``[B, T, D]``."""
 
+    @forward_pass
     def head_velocity(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The flow head's velocity toward data: ``x [M, C]``, ``t [M]``, ``z [M, D]`` -> ``[M, C]``."""
 

@@ -112,7 +112,7 @@ def test_bf16_picks_the_fp32_token_at_most_steps_of_a_trained_model(pipeline):
     samples at the same seed): one flipped token changes every later step, so they are compared
     by accuracy and FID instead (demos/evaluate_mnist_zoo.py --dtype bfloat16)."""
     pipe = vargen.load_pipeline(pipeline)
-    sampler, fp32 = pipe.make_sampler(), pipe.generator
+    sampler, fp32 = pipe.make_sampler(), pipe.transformer
     digits = MNISTDigits("heldout")
     picks = torch.arange(10) * 100  # one digit per class
     labels = digits.labels[picks].long()
@@ -187,12 +187,16 @@ def test_compile_steps_refuses_a_model_without_steps():
         speed.compile_steps(torch.nn.Linear(2, 2))
 
 
-def test_step_methods_are_capability_members():
+def test_step_methods_derive_from_the_capabilities():
+    # The methods compiled are exactly those the protocols mark @forward_pass (no list elsewhere).
     from vargen.samplers import capabilities
     from vargen.samplers.token_flow import TokenFlowDecoding
     protocols = [getattr(capabilities, n) for n in ("RasterDecoding", "NeighborDecoding", "EntityFlow")]
     members = {m for p in [*protocols, TokenFlowDecoding] for m in capabilities.members(p)}
-    assert set(speed.STEP_METHODS) <= members
+    assert set(speed.step_methods()) == {
+        "prefill", "decode", "prefill_features", "decode_features", "neighbor_logits", "velocity",
+        "prefill_hidden", "decode_hidden", "head_velocity"}
+    assert set(speed.step_methods()) <= members
 
 
 def test_resolve_dtype():

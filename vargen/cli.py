@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from vargen.checks import cli_number
+from vargen.cli_args import (ArgumentParser, add_sampling_arguments, add_speed_arguments, run_command,
+                             sampling_options)
 
 COMMANDS: Dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 
@@ -36,48 +38,8 @@ def _add_list(sub):
     p.set_defaults(run=run)
 
 
-# Sampler options the CLIs expose: option name -> argparse keywords (flag: --option-name).
-# Numbers are checked as they are parsed (NaN, inf and out-of-range values are usage errors).
-SAMPLING_OPTIONS: Dict[str, dict] = {
-    "cfg_scale": dict(type=cli_number(minimum=0)),
-    "cfg_schedule": dict(choices=("constant", "linear")),
-    "num_steps": dict(type=cli_number(integer=True, minimum=1), help="flow steps per entity (xAR) or token"),
-    "temperature": dict(type=cli_number(minimum=0)),
-    "top_k": dict(type=cli_number(integer=True, minimum=0)),
-    "top_p": dict(type=cli_number(above=0, maximum=1)),
-}
 # The most images `vargen sample` holds and writes as one grid; more: python -m vargen.eval.sample.
 MAX_GRID_IMAGES = 1024
-
-
-def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    """``--sampler`` and the common sampler options (unset ones keep the pipeline's defaults)."""
-    p.add_argument("--sampler", default=None, help="override the pipeline's sampler")
-    for name, kwargs in SAMPLING_OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), default=None, **kwargs)
-
-
-def add_speed_arguments(p: argparse.ArgumentParser) -> None:
-    """``--dtype`` and ``--compile`` (:mod:`vargen.speed`), applied by :func:`load_fast_pipeline`."""
-    p.add_argument("--dtype", default=None, help="cast the pipeline: float32, bfloat16, or float16 "
-                   "on CUDA (default: the weights' dtype, float32 for the shipped models)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the generator's sampling "
-                   "steps (slow first batch; falls back to eager with one warning)")
-
-
-def load_fast_pipeline(args: argparse.Namespace, device: Any):
-    """``args.model`` on ``device`` with the speed options of :func:`add_speed_arguments`."""
-    from vargen.pipeline import load_pipeline
-    from vargen.speed import resolve_dtype
-    dtype = resolve_dtype(args.dtype, device)  # refused before any weights are read
-    pipe = load_pipeline(args.model, device=device, torch_dtype=dtype)
-    if args.compile:
-        pipe.generator.compile_steps()
-    return pipe
-
-
-def sampling_options(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in SAMPLING_OPTIONS if getattr(args, k) is not None}
 
 
 def check_output(path: str) -> None:
@@ -134,8 +96,9 @@ def _add_sample(sub):
                              f"`python -m vargen.eval.sample --model {args.model} --num-samples {count} --out DIR`, "
                              f"which streams them to resumable shards")
         device = checks.device(args.device)
-        pipe = load_fast_pipeline(args, device)
-        checks.class_labels(args.classes, pipe.generator.num_classes, name=f"--classes ({args.model})")
+        from vargen.speed import load_fast_pipeline
+        pipe = load_fast_pipeline(args.model, device, args.dtype, args.compile)
+        checks.class_labels(args.classes, pipe.transformer.num_classes, name=f"--classes ({args.model})")
         options = sampling_options(args)
         pipe.make_sampler(args.sampler, **options)  # a refused option fails before sampling
         labels = [c for c in args.classes for _ in range(args.per_class)]
@@ -165,64 +128,6 @@ def _load_plugin_commands() -> None:
             continue
         if function:
             COMMANDS.setdefault(spec, getattr(loaded, function))
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (``prog: error: ...``, exit status 2), as every other
-    error of the vargen commands."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _user_error_types() -> tuple:
-    """What a user's input can raise, as opposed to a bug: bad values, missing / unreadable /
-    unwritable / corrupt files, refused or unsafe weights, NaN losses."""
-    import pickle
-    import zipfile
-    types = [KeyError, ValueError, TypeError, OSError, EOFError, ArithmeticError, zipfile.BadZipFile,
-             pickle.UnpicklingError]
-    for module, name in (("vargen.hub", "WeightsError"), ("safetensors", "SafetensorError")):
-        loaded = sys.modules.get(module)  # never imported here: `vargen list` stays free of torch
-        if loaded is not None and hasattr(loaded, name):
-            types.append(getattr(loaded, name))
-    return tuple(types)
-
-
-def error_message(e: BaseException) -> str:
-    """An exception as one line (a KeyError's message without its quotes)."""
-    text = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
-    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(e).__name__
-
-
-def _close_progress_bars() -> None:
-    """End every open tqdm bar's line, so that an error is never printed glued onto it."""
-    tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
-        bar.close()
-
-
-def run_command(parser: argparse.ArgumentParser, argv: Optional[List[str]],
-                run: Callable[[argparse.Namespace], Any]) -> int:
-    """The shared entry of every vargen command line: parse ``argv`` and ``run(args)``, returning
-    the exit status. A usage error or a user error is one line ``prog: error: ...`` on stderr and
-    status 2; anything else (a bug) propagates with its traceback."""
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # usage errors (2) and --help (0): a status, as every other outcome
-        return e.code if isinstance(e.code, int) else 2
-    command = getattr(args, "command", None)
-    prog = f"{parser.prog} {command}" if command else parser.prog
-    try:
-        run(args)
-    except Exception as e:  # noqa: BLE001 (filtered right below)
-        if not isinstance(e, _user_error_types()):
-            raise
-        _close_progress_bars()
-        sys.stderr.flush()
-        print(f"{prog}: error: {error_message(e)}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:

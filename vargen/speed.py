@@ -1,7 +1,7 @@
-"""Speed options of sampling: the generator's dtype and ``torch.compile`` of its step methods.
+"""Speed options of sampling: the network's dtype and ``torch.compile`` of its step methods.
 
     >>> pipe = vargen.load_pipeline("nar-mnist", torch_dtype=torch.bfloat16)
-    >>> pipe.generator.compile_steps()          # or vargen.speed.compile_steps(any_model)
+    >>> vargen.speed.compile_steps(pipe.transformer)   # or load_fast_pipeline(name, compile=True)
     >>> images = pipe.generate([3, 1, 4], seed=0)
 
 **dtype.** A generator cast to bf16 runs its network (and its KV cache) in bf16; every sampler
@@ -9,8 +9,8 @@ does its probability, guidance and ODE math in float32 or float64 (``samplers/gu
 ``full_precision``, flow velocities in float64), so only the network's rounding changes.
 
 **compile.** :func:`compile_steps` wraps the methods a sampler calls once per forward pass
-(:data:`STEP_METHODS`, the network-running members of the capabilities in
-``samplers/capabilities.py``) in ``torch.compile`` on the model instance; samplers and the rest of
+(:func:`step_methods`: the methods the samplers' capability protocols mark with
+``@forward_pass``) in ``torch.compile`` on the model instance; samplers and the rest of
 the model are untouched. The KV cache's fill length is a plain int that changes every step, so the
 steps are traced with ``dynamic=True`` and with ints held by modules unspecialised (dynamo would
 otherwise recompile once per cache length and give up after its recompile limit). Where compiling
@@ -28,11 +28,6 @@ import torch
 
 from vargen.nn.attention import KVCache
 
-# The methods that run the network once per sampler step, by capability (samplers/capabilities.py):
-# RasterDecoding, NeighborDecoding, EntityFlow, TokenFlowDecoding.
-STEP_METHODS: Tuple[str, ...] = ("prefill", "decode", "prefill_features", "decode_features",
-                                 "neighbor_logits", "velocity", "prefill_hidden", "decode_hidden",
-                                 "head_velocity")
 DTYPES: Dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                   "float16": torch.float16}
 # dynamo settings while a compiled step traces: cache lengths (ints on modules) stay symbolic.
@@ -97,9 +92,32 @@ def _compile_errors() -> tuple:
     return (torch._dynamo.exc.TorchDynamoException,)
 
 
+def step_methods() -> Tuple[str, ...]:
+    """The methods that run the network once per sampler step, over every registered sampler's
+    capability (marked ``@forward_pass`` in its protocol)."""
+    from vargen.samplers import SAMPLERS
+    from vargen.samplers.capabilities import step_methods as marked
+    names: List[str] = []
+    for sampler in SAMPLERS.values():
+        names += [n for n in marked(sampler.capability) if n not in names]
+    return tuple(names)
+
+
+def load_fast_pipeline(name: str, device: Any = "cpu", dtype: Union[str, torch.dtype, None] = None,
+                       compile: bool = False) -> Any:
+    """``load_pipeline(name)`` on ``device``, cast to ``dtype`` (``"bfloat16"``, ...) and with
+    its network's steps compiled if ``compile`` (what ``--dtype`` / ``--compile`` ask for)."""
+    from vargen.pipeline import load_pipeline
+    torch_dtype = resolve_dtype(dtype, device)  # refused before any weights are read
+    pipe = load_pipeline(name, device=device, torch_dtype=torch_dtype)
+    if compile:
+        compile_steps(pipe.transformer)
+    return pipe
+
+
 def compile_steps(model: Any, *, backend: str = "inductor", mode: Optional[str] = None,
                   dynamic: Optional[bool] = True, **options: Any) -> Any:
-    """Wrap ``model``'s step methods (those of :data:`STEP_METHODS` it has) in ``torch.compile``.
+    """Wrap ``model``'s step methods (those of :func:`step_methods` it has) in ``torch.compile``.
 
     ``backend``, ``mode``, ``dynamic`` and ``options`` go to ``torch.compile`` (``backend="eager"``
     traces without generating code: a fast check of the traced path). Compilation happens on a
@@ -107,9 +125,10 @@ def compile_steps(model: Any, *, backend: str = "inductor", mode: Optional[str] 
     with one ``RuntimeWarning``. Returns ``model``. Calling it again recompiles from the eager
     methods.
     """
-    names = [n for n in STEP_METHODS if callable(getattr(type(model), n, None))]
+    steps = step_methods()
+    names = [n for n in steps if callable(getattr(type(model), n, None))]
     if not names:
-        raise TypeError(f"{type(model).__name__} has none of the step methods {', '.join(STEP_METHODS)}")
+        raise TypeError(f"{type(model).__name__} has none of the step methods {', '.join(steps)}")
     for name in names:  # a second call starts from the eager methods
         vars(model).pop(name, None)
     try:
@@ -125,7 +144,7 @@ def compile_steps(model: Any, *, backend: str = "inductor", mode: Optional[str] 
 
 def is_compiled(model: Any) -> bool:
     """Whether ``model``'s step methods currently run through ``torch.compile``."""
-    return any(n in vars(model) for n in STEP_METHODS)
+    return any(n in vars(model) for n in step_methods())
 
 
 # ----------------------------------------------------------------------------- KV cache rollback

@@ -12,7 +12,7 @@ import torch
 
 from vargen import checks
 from vargen.hub import VargenModule
-from vargen.training.recipes import TOKENIZER
+from vargen.recipes import TOKENIZER
 
 
 class Tokenizer(VargenModule):

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from vargen import checks
 
-from .recipes import Recipe
+from vargen.recipes import Recipe
 
 # Fields that must not change when a run resumes from its checkpoint.
 # "steps" too under a cosine schedule (it sets the schedule); a constant-lr run may be extended.

@@ -6,7 +6,6 @@ grids extracted once by a tokenizer, :mod:`vargen.data.cache`, or a token ``.saf
 """
 from __future__ import annotations
 
-import os
 from typing import Dict
 
 import torch
@@ -74,24 +73,6 @@ def check_data(model: nn.Module, data: Dict[str, torch.Tensor], source: str) -> 
         checks.finite(f"{where}: inputs", inputs)
 
 
-def load_tokenizer(spec: str, device: torch.device) -> nn.Module:
-    """A tokenizer from a ``save_pretrained`` folder or a registered name with weights."""
-    from vargen.hub import saved_class_name
-    from vargen.registry import create_model, get_entry, model_class_named
-    if os.path.isdir(spec):
-        model_cls = model_class_named(saved_class_name(spec), kind="tokenizer", where=spec)
-        model = model_cls.from_pretrained(spec)
-    else:
-        entry = get_entry(spec)
-        if entry.kind != "tokenizer":
-            raise ValueError(f"--tokenizer {spec!r} is a {entry.kind}, not a tokenizer")
-        if not entry.pretrained:
-            raise ValueError(f"tokenizer {spec!r} has no registered weights: train it first "
-                             f"(vargen train --model {spec} ...) and pass its OUT/final folder")
-        model = create_model(spec, pretrained=True)
-    return model.to(device).eval()
-
-
 def load_data(cfg: TrainConfig, trains_on: str, device: torch.device, rank: int,
               world_size: int) -> Dict[str, torch.Tensor]:
     """``{"inputs", "labels"}`` (on CPU) of the kind of data the model ``trains_on``."""
@@ -110,6 +91,7 @@ def load_data(cfg: TrainConfig, trains_on: str, device: torch.device, rank: int,
     if cfg.tokenizer is None:
         raise ValueError(f"{cfg.model!r} trains on tokens: pass --tokenizer NAME_OR_FOLDER "
                          f"or --data TOKENS.safetensors (a vargen token file)")
+    from vargen.registry import load_tokenizer
     tokenizer = load_tokenizer(cfg.tokenizer, device)
     args = (tokenizer, cfg.data, cfg.split, cfg.image_size, cfg.cache_dir)
     if rank == 0:  # rank 0 extracts (or reads) the cache; the others wait, then read it

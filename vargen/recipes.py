@@ -2,7 +2,7 @@
 
 A :class:`Recipe` fills the optimiser options a ``vargen train`` run leaves unset. Each family
 passes its recipe to ``register_model(..., recipe=...)``; an entry without one trains with
-:data:`DEFAULT`. This module imports nothing (the registry and ``vargen list`` may read it).
+:data:`DEFAULT`. Ground floor: plain data, imports nothing (the registry, every family and ``vargen list`` read it).
 """
 from __future__ import annotations
 
