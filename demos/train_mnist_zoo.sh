@@ -51,7 +51,7 @@ common="--data mnist --steps 2000 --batch-size 64 --lr 5e-4 --ema-decay 0.999 --
     --schedule cosine --min-lr 5e-5 --ckpt-every 250 --log-every 50"
 vargen train --model llamagen-mnist --tokenizer weights/vq-mnist $common --out runs/llamagen-mnist &
 vargen train --model nar-mnist --tokenizer weights/vq-mnist $common --out runs/nar-mnist &
-# xAR: 3000 steps at lr 1e-3 (no dropout in the xar-mnist config; see models/mnist.py).
+# xAR: 3000 steps at lr 1e-3 (no dropout in the xar-mnist config; see its registration in models/xar.py).
 vargen train --model xar-mnist --tokenizer weights/kl-mnist $common --steps 3000 --lr 1e-3 \
     --warmup-steps 200 --ckpt-every 500 --out runs/xar-mnist &
 wait
@@ -77,7 +77,7 @@ vargen train --model cont-ar-mnist --tokenizer weights/kl-mnist $cont --out runs
 vargen train --model cont-ar-mingtok-mnist --tokenizer mingtok-mnist $cont --out runs/cont-ar-mingtok-mnist &
 wait
 for m in cont-ar cont-ar-mingtok; do cp -r runs/$m-mnist/final weights/$m-mnist; done
-sha256sum weights/*/model.safetensors   # -> SHIPPED_SHA256 in models/mnist.py
+sha256sum weights/*/model.safetensors   # -> the sha256 of each Weights.shipped(...) registration
 python demos/evaluate_mnist_zoo.py --num-samples 1000 --json runs/zoo-eval.json
 OMP_NUM_THREADS=2 python demos/evaluate_video_zoo.py --num-clips 256 --json runs/video-eval.json \
     --gif docs/video_nar_vs_raster.gif

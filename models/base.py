@@ -7,13 +7,14 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from vargen.hub import VargenModule
+from vargen.nn import Attention
 
 
 class Generator(VargenModule):
     """Base of the class-conditional generators.
 
-    Subclasses set ``default_sampler`` (a ``vargen.samplers`` name), ``is_discrete`` and a
-    ``token_grid`` property: the grid of token positions, ``(h, w)`` or ``(T, H, W)``. One
+    Subclasses set ``default_sampler`` (a ``vargen.samplers`` name) and ``is_discrete``; the
+    config's ``token_grid`` is the grid of token positions, ``(h, w)`` or ``(T, H, W)``. One
     sample's tokens are ``token_shape``: the grid of ids, or ``(C, *token_grid)`` latents. The
     class index ``num_classes`` is the null class used for classifier-free guidance (None for a
     checkpoint whose class table has no null row).
@@ -42,7 +43,7 @@ class Generator(VargenModule):
 
     @property
     def token_grid(self) -> tuple:
-        raise NotImplementedError
+        return tuple(self.config.token_grid)
 
     @property
     def token_shape(self) -> tuple:
@@ -74,20 +75,15 @@ class Generator(VargenModule):
             raise ValueError(f"token ids must be in [0, {self.vocab_size - 1}]")
         return tokens.long()
 
-    def compile_steps(self, **options) -> "Generator":
-        """``torch.compile`` the sampling steps in place, eager fallback (:func:`vargen.speed.compile_steps`)."""
-        from vargen.speed import compile_steps
-        return compile_steps(self, **options)
-
     # ------------------------------------------------------------------ KV cache (inference hooks)
     def attention_layers(self) -> list:
-        """Every ``vargen.nn.Attention`` that keeps a KV cache during sampling."""
-        raise NotImplementedError
+        """Every ``vargen.nn.Attention`` that keeps a KV cache during sampling (in module order)."""
+        return [m for m in self.modules() if isinstance(m, Attention)]
 
     @property
     def max_cache_len(self) -> int:
-        """Cache entries one sample needs at most (condition tokens + all tokens)."""
-        raise NotImplementedError
+        """Cache entries one sample needs at most: the condition tokens and every grid token."""
+        return self.config.cls_token_num + math.prod(self.token_grid)
 
     def setup_cache(self, batch_size: int, max_len: Optional[int] = None,
                     device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> None:

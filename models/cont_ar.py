@@ -30,6 +30,7 @@ condition repeated ``head_batch_mul`` times under fresh (t, noise) as MAR's
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -38,19 +39,39 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import SwiGLUPacked
 
-from vargen.nn import RMSNorm
-from vargen.registry import register_model
+from vargen.nn import RMSNorm, TimestepEmbedder
+from vargen.nn.llama import LlamaTrunk, linear_rates
+from vargen.registry import Weights, register_model
 
-from .llama import LlamaTrunk
-from .llamagen import LlamaGenConfig
-from .xar import TimestepEmbedder
+from .base import Generator
 
 INPUT_KINDS = ("linear", "semantic")
 
 
 @dataclass
-class ContARConfig(LlamaGenConfig):
-    vocab_size: int = 0             # continuous tokens: no vocabulary
+class ContARConfig:
+    """A flat record: the Llama trunk's fields (as :class:`vargen.nn.llama.LlamaConfig`, with no
+    code table: the tokens are ``latent_channels``-d latents) and the flow head's."""
+
+    dim: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: Optional[int] = None
+    multiple_of: int = 256
+    ffn_dim_multiplier: Optional[float] = None
+    norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    token_dropout_p: float = 0.1
+    attn_dropout_p: float = 0.0
+    resid_dropout_p: float = 0.1
+    ffn_dropout_p: float = 0.1
+    drop_path_rate: float = 0.0
+    num_classes: int = 1000
+    class_dropout_prob: float = 0.1
+    cls_token_num: int = 1
+    position_embedding: str = "rope_2d"  # the trunk's 2D RoPE, as LlamaGen
+    rope_base: float = 10000.0
+    grid_size: int = 16             # latents per side
     latent_channels: int = 32       # MingTok's 32-d latents
     vis_dim: int = 3072             # vis_head width = the head's condition width (Ming z_channels)
     head_width: int = 3072          # SimpleMLPAdaLN model_channels
@@ -61,6 +82,10 @@ class ContARConfig(LlamaGenConfig):
     input_kind: str = "linear"      # "linear" | "semantic" (see the module docstring)
     semantic_dim: int = 0           # width of the tokenizer's semantic features ("semantic")
     semantic_tokenizer: Optional[str] = None  # registered name or folder of that tokenizer
+
+    @property
+    def token_grid(self) -> Tuple[int, int]:
+        return (self.grid_size, self.grid_size)
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -132,8 +157,8 @@ class FlowHead(nn.Module):
         return self.final_layer(h, y)                                 # [M, C]
 
 
-class ContAR(LlamaTrunk):
-    """The Llama trunk (blocks, 2D RoPE, cache) over continuous latents, plus the flow head.
+class ContAR(Generator):
+    """The Llama trunk (``self.trunk``: blocks, 2D RoPE) over continuous latents, plus the flow head.
 
     Inference hooks (driven by :class:`vargen.samplers.TokenFlowSampler`): ``setup_cache``,
     ``prefill_hidden(labels) -> z [B, vis_dim]``, ``decode_hidden(latents [B, T, C], positions) ->
@@ -151,33 +176,27 @@ class ContAR(LlamaTrunk):
             raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {c.input_kind!r}")
         if (c.input_kind == "semantic") != (c.semantic_dim > 0):
             raise ValueError("input_kind='semantic' needs semantic_dim > 0 (and 'linear' needs 0)")
-        super().__init__(config, [c.drop_path_rate * i / max(c.n_layer - 1, 1) for i in range(c.n_layer)])
+        super().__init__(config)
+        self.trunk = LlamaTrunk(self, c, c.token_grid, linear_rates(c.drop_path_rate, c.n_layer),
+                                code_embeddings=False)
         if c.input_kind == "linear":
             self.linear_proj = nn.Linear(c.latent_channels, c.dim)
         else:
             self.linear_proj = nn.Sequential(nn.Linear(c.semantic_dim, c.dim), nn.GELU(),
                                              nn.Linear(c.dim, c.dim))
         self.norm = RMSNorm(c.dim, c.norm_eps)
-        self.init_positions()
+        self.trunk.init_positions()
         self.vis_head = nn.Sequential(nn.Linear(c.dim, c.vis_dim), nn.LayerNorm(c.vis_dim, eps=1e-6))
         self.head = FlowHead(c.latent_channels, c.head_width, c.vis_dim, c.head_depth,
                              c.head_mlp_mult, c.time_scale)
         self._tokenizer: Optional[nn.Module] = None  # by reference: never in the state dict
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        super().initialize_weights()
+        self.trunk.init_weights()
         self.head.initialize_weights()
 
     # ----------------------------------------------------------------------------- helpers
     @property
     def latent_channels(self) -> int:
         return self.config.latent_channels
-
-    @property
-    def token_shape(self) -> tuple:
-        """Shape of one sample's tokens: ``(C, h, w)`` latents."""
-        return (self.config.latent_channels, *self.token_grid)
 
     def check_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """``[B, C, h, w]`` latents -> ``[B, N, C]`` raster sequence, after checking them."""
@@ -217,7 +236,7 @@ class ContAR(LlamaTrunk):
             if self.config.semantic_tokenizer is None:
                 raise RuntimeError("input_kind='semantic' needs a tokenizer: call attach_tokenizer(tok) "
                                    "or set config.semantic_tokenizer")
-            from vargen.training.data import load_tokenizer
+            from vargen.registry import load_tokenizer
             self.attach_tokenizer(load_tokenizer(self.config.semantic_tokenizer, self.vis_head[0].weight.device))
         return self._tokenizer.semantic_decoder.to(self.vis_head[0].weight.device)
 
@@ -242,9 +261,10 @@ class ContAR(LlamaTrunk):
         seq = self.check_latents(latents)                               # [B, N, C]
         if self.cache_length is not None:
             raise RuntimeError("forward runs the full sequence; call clear_cache() first")
-        cls = self.cls_embedding(labels)[:, None].expand(-1, self.config.cls_token_num, -1)
+        cls = self.trunk.condition(labels)                              # [B, cls, dim]
         h = torch.cat([self.tok_dropout(cls), self.embed_latents(seq[:, :-1])], dim=1)
-        h = self.run_layers(h, self.rope[: h.shape[1]].to(h.device), None)  # [B, cls + N - 1, dim]
+        positions = torch.arange(h.shape[1], device=h.device)
+        h = self.trunk.run(h, self.trunk.rope_rows(positions), None)    # [B, cls + N - 1, dim]
         return self.condition(h[:, self.config.cls_token_num - 1:])
 
     def training_loss(self, latents: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -267,7 +287,7 @@ class ContAR(LlamaTrunk):
         device = device or self.device
         super().setup_cache(batch_size, max_len, device, dtype)
         if self.config.input_kind == "semantic":
-            self.semantic_decoder().setup_cache(batch_size, self.config.block_size, device)
+            self.semantic_decoder().setup_cache(batch_size, math.prod(self.token_grid), device)
 
     def clear_cache(self) -> None:
         super().clear_cache()
@@ -276,16 +296,16 @@ class ContAR(LlamaTrunk):
 
     def prefill_hidden(self, labels: torch.Tensor) -> torch.Tensor:
         """Feed the condition token(s); returns the first token's condition ``[B, vis_dim]``."""
-        h = self.cls_embedding(labels)[:, None].expand(-1, self.config.cls_token_num, -1)
-        h = self.run_layers(h, self.rope[: self.config.cls_token_num].to(h.device), None)
+        h = self.trunk.condition(labels)                                # [B, cls, dim]
+        h = self.trunk.run(h, self.trunk.rope_rows(torch.arange(h.shape[1], device=h.device)), None)
         return self.condition(h[:, -1])
 
     def decode_hidden(self, latents: torch.Tensor, positions: torch.Tensor,
                       mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Append latents ``[B, T, C]`` at raster ``positions [T]``; returns conditions
         ``[B, T, vis_dim]`` (row t conditions the token after position t)."""
-        h = self.embed_latents(latents)
-        h = self.run_layers(h, self.rope.to(h.device)[positions + self.config.cls_token_num], mask)
+        h = self.embed_latents(latents)                                 # [B, T, dim]
+        h = self.trunk.run(h, self.trunk.rope_rows(positions + self.config.cls_token_num), mask)
         return self.condition(h)
 
     def head_velocity(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -308,3 +328,16 @@ PRESETS = {
 }
 for _name, _config in PRESETS.items():
     register_model(_name, ContAR, _config)
+# Shipped: 64 raster steps over 8x8x4 latents, a 3-block SwiGLU flow head; sized for a ~35-minute
+# single-core training run. On kl-mnist latents through a Linear, on mingtok-mnist latents through
+# MingTok's frozen causal semantic decoder (as Ming-UniVision). Pipelines: Ming's 16 Euler steps
+# per token, CFG on the head.
+_MNIST = dict(dim=128, n_layer=4, n_head=4, multiple_of=64, num_classes=10, grid_size=8, latent_channels=4,
+              vis_dim=128, head_width=128, head_depth=3, head_mlp_mult=4.0, head_batch_mul=2, **_NO_DROPOUT)
+register_model("cont-ar-mnist", ContAR, ContARConfig(**_MNIST),
+               weights=Weights.shipped("cont-ar-mnist", "3b2dbd7363d791fc700e9d572a06e7b4ff195620302a6d42fd2767b547a672f1"),
+               pipeline=dict(tokenizer="kl-mnist", cfg_scale=3.0, num_steps=16))
+register_model("cont-ar-mingtok-mnist", ContAR, ContARConfig(
+    input_kind="semantic", semantic_dim=128, semantic_tokenizer="mingtok-mnist", **_MNIST),
+    weights=Weights.shipped("cont-ar-mingtok-mnist", "feaf8612e0314adf7dacf719947a3a4dc2b3549c0144e78f04e262356c73538f"),
+    pipeline=dict(tokenizer="mingtok-mnist", cfg_scale=3.0, num_steps=16))

@@ -13,42 +13,40 @@ with any mask, which is what SJD, GSD and NAR's diagonal decoding need.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vargen import recipes
 from vargen.nn import RMSNorm
+from vargen.nn.llama import LlamaConfig, LlamaTrunk, linear_rates
 from vargen.registry import Weights, register_model
-from vargen.training.recipes import LLAMAGEN
 
-from .llama import CodeEmbedding, LlamaConfig, LlamaTrunk
+from .base import Generator
 
-
-@dataclass
-class LlamaGenConfig(LlamaConfig):
-    grid_size: int = 16  # tokens per side; the official block_size is grid_size ** 2
-
-    @property
-    def token_grid(self) -> Tuple[int, int]:
-        return (self.grid_size, self.grid_size)
+LlamaGenConfig = LlamaConfig  # the official ModelArgs, flat (``vargen.nn.llama``)
 
 
-class LlamaGen(CodeEmbedding, LlamaTrunk):
-    """The Llama trunk + one next-token head (``norm`` / ``output``)."""
+class LlamaGen(Generator):
+    """The Llama trunk (``self.trunk``) + one next-token head (``norm`` / ``output``)."""
 
-    config_class = LlamaGenConfig
+    config_class = LlamaConfig
     default_sampler = "raster"
 
-    def __init__(self, config: LlamaGenConfig):
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
         c = config
-        super().__init__(config, [c.drop_path_rate * i / max(c.n_layer - 1, 1) for i in range(c.n_layer)])
+        self.trunk = LlamaTrunk(self, c, c.token_grid, linear_rates(c.drop_path_rate, c.n_layer))
         self.norm = RMSNorm(c.dim, c.norm_eps)
         self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
-        self.init_positions()
-        self.initialize_weights(zero=[self.output])
+        self.trunk.init_positions()
+        self.trunk.init_weights(zero=[self.output])
+
+    def token_embedding(self) -> torch.Tensor:
+        """The ``[V, dim]`` input embedding table (GSD's token distances)."""
+        return self.tok_embeddings.weight
 
     # ----------------------------------------------------------------------------- training
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -59,8 +57,8 @@ class LlamaGen(CodeEmbedding, LlamaTrunk):
         tokens = self.check_tokens(tokens)
         cls = self.config.cls_token_num
         positions = torch.arange(cls + tokens.shape[1] - 1, device=tokens.device)
-        h, rope = self.embed_block(tokens[:, :-1], labels, positions)  # [B, cls + N - 1, dim]
-        h = self.run_layers(h, rope, None)
+        h, rope = self.trunk.embed_block(tokens[:, :-1], labels, positions)  # [B, cls + N - 1, dim]
+        h = self.trunk.run(h, rope, None)
         logits = self.output(self.norm(h)).float()
         return logits[:, cls - 1:]
 
@@ -72,8 +70,8 @@ class LlamaGen(CodeEmbedding, LlamaTrunk):
     def prefill(self, labels: torch.Tensor) -> torch.Tensor:
         """Feed the condition token(s); returns logits ``[B, V]`` for the first code."""
         positions = torch.arange(self.config.cls_token_num, device=labels.device)
-        h, rope = self.embed_block(None, labels, positions)
-        h = self.run_layers(h, rope, None)
+        h, rope = self.trunk.embed_block(None, labels, positions)  # [B, cls, dim]
+        h = self.trunk.run(h, rope, None)
         return self.output(self.norm(h[:, -1])).float()
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor,
@@ -83,8 +81,8 @@ class LlamaGen(CodeEmbedding, LlamaTrunk):
         Returns logits ``[B, T, V]``; logits at row t predict the code after position t in
         raster order. ``mask`` is bool ``[T, cached + T]`` (default: causal in cache order).
         """
-        h, rope = self.embed_block(tokens, None, positions + self.config.cls_token_num)
-        h = self.run_layers(h, rope, mask)
+        h, rope = self.trunk.embed_block(tokens, None, positions + self.config.cls_token_num)  # [B, T, dim]
+        h = self.trunk.run(h, rope, mask)
         return self.output(self.norm(h)).float()
 
 
@@ -95,22 +93,27 @@ def convert_llamagen_checkpoint(state: dict) -> dict:
 
 _HUB = "FoundationVision/LlamaGen"
 _SRC = "https://github.com/FoundationVision/LlamaGen"
-# name: (config, released file, ImageNet-256 FID reported by the README)
+# name: (config, released file, ImageNet-256 FID reported by the README, the README's FID cfg)
 PRESETS = {
-    "llamagen-b": (LlamaGenConfig(n_layer=12, n_head=12, dim=768), "c2i_B_256.pt", 5.46),       # 111M
-    "llamagen-l": (LlamaGenConfig(n_layer=24, n_head=16, dim=1024), "c2i_L_256.pt", 3.80),      # 343M
-    "llamagen-xl": (LlamaGenConfig(n_layer=36, n_head=20, dim=1280, grid_size=24),
-                    "c2i_XL_384.pt", 2.62),                                                     # 775M
-    "llamagen-xxl": (LlamaGenConfig(n_layer=48, n_head=24, dim=1536, grid_size=24),
-                     "c2i_XXL_384.pt", 2.34),                                                   # 1.4B
-    "llamagen-3b": (LlamaGenConfig(n_layer=24, n_head=32, dim=3200, grid_size=24),
-                    "c2i_3B_384.pt", 2.18),                                                     # 3.1B
+    "llamagen-b": (LlamaConfig(n_layer=12, n_head=12, dim=768), "c2i_B_256.pt", 5.46, 2.0),          # 111M
+    "llamagen-l": (LlamaConfig(n_layer=24, n_head=16, dim=1024), "c2i_L_256.pt", 3.80, 2.0),         # 343M
+    "llamagen-xl": (LlamaConfig(n_layer=36, n_head=20, dim=1280, grid_size=24),
+                    "c2i_XL_384.pt", 2.62, 1.75),                                                  # 775M
+    "llamagen-xxl": (LlamaConfig(n_layer=48, n_head=24, dim=1536, grid_size=24),
+                     "c2i_XXL_384.pt", 2.34, 1.75),                                                # 1.4B
+    "llamagen-3b": (LlamaConfig(n_layer=24, n_head=32, dim=3200, grid_size=24),
+                    "c2i_3B_384.pt", 2.18, 1.65),                                                  # 3.1B
 }
-for _name, (_config, _file, _fid) in PRESETS.items():
-    register_model(_name, LlamaGen, _config, converter=convert_llamagen_checkpoint, recipe=LLAMAGEN,
-                   weights=Weights(hub_repo=_HUB, filename=_file, source=_SRC,
-                                   metrics={"imagenet256_fid": _fid}))
-register_model("llamagen-tiny", LlamaGen, LlamaGenConfig(
+for _name, (_config, _file, _fid, _cfg) in PRESETS.items():
+    register_model(_name, LlamaGen, _config, converter=convert_llamagen_checkpoint, recipe=recipes.LLAMAGEN,
+                   weights=Weights(hub_repo=_HUB, filename=_file, source=_SRC, metrics={"imagenet256_fid": _fid}),
+                   pipeline=dict(tokenizer="llamagen-vq16", cfg_scale=_cfg))
+register_model("llamagen-tiny", LlamaGen, LlamaConfig(
     dim=64, n_layer=2, n_head=4, multiple_of=32, vocab_size=64, num_classes=10, grid_size=4,
     token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0), converter=convert_llamagen_checkpoint,
-    recipe=LLAMAGEN)
+    recipe=recipes.LLAMAGEN)
+# Shipped: 32x32 MNIST digits -> vq-mnist's 8x8 ids out of 256 (trained by demos/train_mnist_zoo.sh).
+register_model("llamagen-mnist", LlamaGen, LlamaConfig(
+    dim=128, n_layer=6, n_head=4, multiple_of=64, vocab_size=256, num_classes=10, grid_size=8),
+    weights=Weights.shipped("llamagen-mnist", "d1254f6542f7b84d01a303d1e0504c47764cc6ffeaa090f4d6dc92be44fccb35"),
+    recipe=recipes.LLAMAGEN, pipeline=dict(tokenizer="vq-mnist", cfg_scale=2.0))

@@ -13,34 +13,20 @@ head blocks run on every token, so both networks then cost the same per token.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Tuple
+from vargen import recipes
+from vargen.nn.llama import LlamaConfig
+from vargen.registry import Weights, register_model
 
-from vargen.registry import register_model
-from vargen.training.recipes import LARP_AR
+from .llamagen import LlamaGen, convert_llamagen_checkpoint
 
-from .llamagen import LlamaGen, LlamaGenConfig, convert_llamagen_checkpoint
-
-
-@dataclass
-class RasterVideoConfig(LlamaGenConfig):
-    num_classes: int = 101  # UCF-101
-    vocab_size: int = 8192  # LARP codebook
-    position_embedding: str = "absolute"  # LARP_AR's "llama-abs-*"
-    latent_shape: Tuple[int, int, int] = (4, 16, 16)
-
-    @property
-    def token_grid(self) -> Tuple[int, int, int]:
-        return tuple(self.latent_shape)
+RasterVideoConfig = LlamaConfig  # LARP_AR's ModelArgs: latent_shape (T, H, W), absolute positions
 
 
 class RasterVideo(LlamaGen):
     """LlamaGen's trunk and head over a ``(T, H, W)`` grid in raster order."""
 
-    config_class = RasterVideoConfig
-
-    def __init__(self, config: RasterVideoConfig):
-        if len(config.latent_shape) != 3 or min(config.latent_shape) < 1:
+    def __init__(self, config: LlamaConfig):
+        if config.latent_shape is None or len(config.latent_shape) != 3 or min(config.latent_shape) < 1:
             raise ValueError(f"latent_shape must be (T, H, W) >= 1, got {config.latent_shape}")
         if config.position_embedding != "absolute":  # rope_2d is a 2-D table
             raise ValueError("a video raster model uses absolute positions, got "
@@ -48,7 +34,14 @@ class RasterVideo(LlamaGen):
         super().__init__(config)
 
 
-register_model("raster-video-tiny", RasterVideo, RasterVideoConfig(
+register_model("raster-video-tiny", RasterVideo, LlamaConfig(
     dim=64, n_layer=4, n_head=4, multiple_of=32, vocab_size=64, num_classes=10, latent_shape=(2, 3, 4),
-    token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0), converter=convert_llamagen_checkpoint,
-    recipe=LARP_AR)
+    position_embedding="absolute", token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0),
+    converter=convert_llamagen_checkpoint, recipe=recipes.LARP_AR)
+# Shipped: the NAR-video-mnist trunk decoding video-vq-mnist's 256 ids in raster order (256 passes).
+# Same sizes as nar-video-mnist (tests/test_video_generators.py checks that the trunks agree).
+register_model("raster-video-mnist", RasterVideo, LlamaConfig(
+    dim=128, n_layer=6, n_head=4, multiple_of=64, vocab_size=256, num_classes=10, latent_shape=(4, 8, 8),
+    position_embedding="absolute", token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0),
+               weights=Weights.shipped("raster-video-mnist", "b6a95516e91ebc9f8b22da8ef6b28a2a2e4b6769299160db713bbebcedef9cf3"),
+               recipe=recipes.LARP_AR, pipeline=dict(tokenizer="video-vq-mnist", cfg_scale=3.0))

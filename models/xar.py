@@ -37,11 +37,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import SwiGLU
 
-from vargen.nn import Attention, LabelEmbedder, RMSNorm, rope_2d
-from .base import Generator
+from vargen import recipes
+from vargen.nn import Attention, LabelEmbedder, RMSNorm, TimestepEmbedder, rope_2d
 from vargen.registry import Weights, register_model
-from vargen.training.recipes import XAR as XAR_RECIPE
 
+from .base import Generator
 from .entities import EntityPartition, entity_causal_mask, make_partition
 
 
@@ -63,22 +63,6 @@ class XARConfig:
     time_scale: float = 1000.0  # the time embedding sees long(t * 1000)
     entity_kind: str = "cell"  # cell | subsample | scale | image | token
     entity_size: int = 8  # cell side or subsample stride
-
-
-class TimestepEmbedder(nn.Module):
-    """DiT's time embedding: 256-d sinusoid (cos, sin) then Linear-SiLU-Linear."""
-
-    def __init__(self, dim: int, frequency_dim: int = 256, max_period: float = 10000.0):
-        super().__init__()
-        self.frequency_dim, self.max_period = frequency_dim, max_period
-        self.mlp = nn.Sequential(nn.Linear(frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        # t: [M] (integer steps) -> [M, dim]
-        half = self.frequency_dim // 2
-        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device) / half)
-        args = t.float()[:, None] * freqs[None]
-        return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1).to(self.mlp[0].weight.dtype))
 
 
 class XARBlock(nn.Module):
@@ -324,10 +308,27 @@ PRESETS = {
               {"params": "1.1B (public summaries, unverified)", "imagenet256_fid": "1.24 (README)",
                "eval_num_steps": 50, "eval_cfg_scale": 2.2, "eval_cfg_schedule": "linear"}),
 }
+# Pipelines with the evaluation settings (40 SDE steps and cfg 2.7 for B; 50 steps for L/H).
+# mar-kl16 has no Hub weights (MAR ships kl16.ckpt on Dropbox):
+# load_pipeline("xar-b", tokenizer_weights="kl16.ckpt").
 for _name, (_config, _file, _metrics) in PRESETS.items():
-    register_model(_name, XAR, _config, recipe=XAR_RECIPE, weights=Weights(
-        hub_repo=_HUB, filename=_file, source=_SRC, metrics=_metrics, **CHECKPOINT_FORMAT))
+    register_model(_name, XAR, _config, recipe=recipes.XAR, weights=Weights(
+        hub_repo=_HUB, filename=_file, source=_SRC, metrics=_metrics, **CHECKPOINT_FORMAT),
+        pipeline=dict(tokenizer="mar-kl16", sampler="flow", cfg_scale=_metrics["eval_cfg_scale"],
+                      num_steps=_metrics["eval_num_steps"]))
 register_model("xar-tiny", XAR, XARConfig(
     dim=64, encoder_depth=1, decoder_depth=1, n_head=4, latent_channels=4, grid_size=4,
     num_classes=10, entity_size=2, attn_dropout_p=0.0, proj_dropout_p=0.0),
-    weights=Weights(**CHECKPOINT_FORMAT), recipe=XAR_RECIPE)
+    weights=Weights(**CHECKPOINT_FORMAT), recipe=recipes.XAR)
+# Shipped: the KL tokenizer's 8x8x4 latents in 4x4 cells (4 AR steps). No dropout (the official
+# 0.1 is for ImageNet-scale training): with it this small model reached 77% class accuracy after
+# 2000 steps, without it 97% after 1000 steps, and each step is 1.6x cheaper on a CPU (dropout
+# takes SDPA off its fused path). Pipeline: xAR-B's evaluation settings, 40 SDE steps per cell,
+# cfg 2.7 ramped linearly over the cells.
+register_model("xar-mnist", XAR, XARConfig(
+    dim=128, encoder_depth=3, decoder_depth=3, n_head=4, latent_channels=4, grid_size=8,
+    num_classes=10, entity_kind="cell", entity_size=4, attn_dropout_p=0.0, proj_dropout_p=0.0),
+    weights=Weights.shipped("xar-mnist", "42e003e57b9853b74949abb4e1c74ad7273c0c1d21ad716c7a25840e6a180451",
+                            prefer_ema=True),
+    recipe=recipes.XAR, pipeline=dict(tokenizer="kl-mnist", sampler="flow", cfg_scale=2.7,
+                                      cfg_schedule="linear", num_steps=40))

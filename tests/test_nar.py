@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from vargen.hub import WeightsError, load_state_dict_strict
-from vargen.models.nar import NAR, proximity_mask
+from vargen.models.nar import NAR
+from vargen.models.neighbors import proximity_mask
 from vargen.models.nar_video import NARVideo
 from vargen.registry import create_model
 from vargen.samplers import NeighborSampler, create_sampler
@@ -74,7 +75,7 @@ def test_training_logits_mix_heads_as_the_official_code():
     g, v = model.config.grid_size, model.vocab_size
     tokens, labels = torch.randint(0, v, (2, g * g)), torch.tensor([1, 2])
     with torch.no_grad():
-        h, rope = model.embed_block(tokens, labels, torch.arange(1 + g * g))
+        h, rope = model.trunk.embed_block(tokens, labels, torch.arange(1 + g * g))
         per_head = model.head_logits(model.neighbor_features(h, rope, model.attention_mask()))
         mixed = model(tokens, labels).view(2, g, g, v)
     right, below = per_head[:, :, 0], per_head[:, :, 1]  # [B, 1 + N, V]

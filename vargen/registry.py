@@ -6,9 +6,12 @@ an official checkpoint of the architecture is read (``converter``, ``prefer_ema`
 metrics its source reports. ``create_model(name, pretrained=...)`` builds the network and loads
 weights strictly through :mod:`vargen.hub`.
 
+A generator's registration may carry its pipeline (``pipeline=dict(tokenizer=..., sampler=...,
+**sampler_options)``): a pipeline of the same name, so the spec sits with the model it runs.
+
 Registration is lazy: :mod:`vargen.zoo` names the module that registers each name, and that
-module is imported when one of its models is looked up. Listing names imports neither torch
-nor any model family; this module imports only the table and the recipes.
+module is imported when one of its models or pipelines is looked up. Listing names imports
+neither torch nor any model family; this module imports only the table and the recipes.
 """
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from vargen.training.recipes import DEFAULT as DEFAULT_RECIPE, Recipe
-from vargen.zoo import MODELS, PIPELINE_MODULES
+from vargen.recipes import DEFAULT as DEFAULT_RECIPE, Recipe
+from vargen.zoo import MODELS
 
 StateDict = Dict[str, Any]
 
@@ -53,6 +56,11 @@ class Weights:
             raise ValueError("Weights takes one of hub_repo (with filename) or local, not both")
         if self.hub_repo is not None and not self.filename:
             raise ValueError(f"Weights for {self.hub_repo} needs a filename")
+
+    @classmethod
+    def shipped(cls, name: str, sha256: str, **fields: Any) -> "Weights":
+        """A model shipped in ``weights/NAME`` (its model card: ``weights/NAME/README.md``)."""
+        return cls(local=name, sha256=sha256, source=f"weights/{name}/README.md", **fields)
 
     @property
     def has_file(self) -> bool:
@@ -94,16 +102,18 @@ _REGISTRY: Dict[str, ModelEntry] = {}
 
 def register_model(name: str, model_cls: type, config: Any, weights: Optional[Weights] = None,
                    converter: Optional[Callable[[StateDict], StateDict]] = None,
-                   recipe: Optional[Recipe] = None) -> ModelEntry:
+                   recipe: Optional[Recipe] = None,
+                   pipeline: Optional[Dict[str, Any]] = None) -> ModelEntry:
     """Register ``name`` (call it in the family's module; add the name to :mod:`vargen.zoo`).
 
     ``weights`` says where its weights are and how official checkpoints load; ``converter`` is
     shorthand for ``Weights(converter=...)``. ``recipe`` fills the optimiser options a
     ``vargen train`` run leaves unset (default: the class's ``default_recipe``, else
-    ``recipes.DEFAULT``).
+    ``recipes.DEFAULT``). ``pipeline`` (generators) registers the pipeline ``name``:
+    ``dict(tokenizer=NAME, sampler=NAME, **sampler_options)``, the sampler defaulting to the
+    class's ``default_sampler``.
     """
-    if name != name.lower() or " " in name or "_" in name:
-        raise ValueError(f"model names are lowercase and dashed, got {name!r}")
+    _check_name(name, "model")
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
     if not dataclasses.is_dataclass(config):
@@ -115,8 +125,20 @@ def register_model(name: str, model_cls: type, config: Any, weights: Optional[We
         weights = dataclasses.replace(weights, converter=converter)
     recipe = recipe or getattr(model_cls, "default_recipe", DEFAULT_RECIPE)
     entry = ModelEntry(name, model_cls, config, weights, recipe)
+    if pipeline is not None:
+        options = dict(pipeline)
+        tokenizer = options.pop("tokenizer", None)
+        if not tokenizer:
+            raise ValueError(f"{name!r}: pipeline=dict(tokenizer=NAME, ...) needs the tokenizer's name")
+        sampler = options.pop("sampler", getattr(model_cls, "default_sampler", "raster"))
+        _PIPELINES[name] = PipelineSpec(name, tokenizer, name, sampler, options)
     _REGISTRY[name] = entry
     return entry
+
+
+def _check_name(name: str, what: str) -> None:
+    if name != name.lower() or " " in name or "_" in name:
+        raise ValueError(f"{what} names are lowercase and dashed, got {name!r}")
 
 
 def list_models(pattern: str = "*", kind: Optional[str] = None, pretrained: bool = False) -> List[str]:
@@ -137,15 +159,15 @@ def model_summary(name: str) -> tuple:
         return e.kind, e.weights.location
     if name not in MODELS:
         get_entry(name)  # the unknown-name error
-    return MODELS[name][1], MODELS[name][2]
+    return MODELS[name].kind, MODELS[name].weights
 
 
 def get_entry(name: str) -> ModelEntry:
     """The entry of ``name``, importing the module that registers it on first use."""
     if name not in _REGISTRY and name in MODELS:
-        importlib.import_module(MODELS[name][0])
+        importlib.import_module(MODELS[name].module)
         if name not in _REGISTRY:
-            raise RuntimeError(f"vargen.zoo says {MODELS[name][0]} registers {name!r}, but "
+            raise RuntimeError(f"vargen.zoo says {MODELS[name].module} registers {name!r}, but "
                                f"importing it did not")
     if name not in _REGISTRY:
         known = list_models()
@@ -201,6 +223,26 @@ def create_model(name: str, pretrained: Union[bool, str, Path] = False, **overri
                          strict_config=not overrides)
 
 
+def load_tokenizer(spec: Union[str, Path], device: Any = None):
+    """A tokenizer, in eval mode, from a ``save_pretrained`` folder or a registered name with
+    weights (what ``vargen train --tokenizer``, ``vargen recon`` and a generator that embeds
+    through its tokenizer take)."""
+    import os
+    from vargen.hub import saved_class_name
+    spec = str(spec)
+    if os.path.isdir(spec):
+        model = model_class_named(saved_class_name(spec), kind="tokenizer", where=spec).from_pretrained(spec)
+    else:
+        entry = get_entry(spec)
+        if entry.kind != "tokenizer":
+            raise ValueError(f"tokenizer {spec!r} is a registered {entry.kind}, not a tokenizer")
+        if not entry.pretrained:
+            raise ValueError(f"tokenizer {spec!r} has no registered weights: train it first "
+                             f"(vargen train --model {spec} ...) and pass its OUT/final folder")
+        model = create_model(spec, pretrained=True)
+    return model.to(device).eval() if device is not None else model.eval()
+
+
 # ----------------------------------------------------------------------------- pipelines
 @dataclass(frozen=True)
 class PipelineSpec:
@@ -214,25 +256,19 @@ class PipelineSpec:
 _PIPELINES: Dict[str, PipelineSpec] = {}
 
 
-def register_pipeline(name: str, tokenizer: str, generator: str, sampler: str = "raster",
-                      **sampler_options: Any) -> PipelineSpec:
-    if name != name.lower() or " " in name or "_" in name:
-        raise ValueError(f"pipeline names are lowercase and dashed, got {name!r}")
-    if name in _PIPELINES:
-        raise ValueError(f"pipeline {name!r} is already registered")
-    spec = PipelineSpec(name, tokenizer, generator, sampler, dict(sampler_options))
-    _PIPELINES[name] = spec
-    return spec
-
-
 def list_pipelines(pattern: str = "*") -> List[str]:
-    for module in PIPELINE_MODULES:
-        importlib.import_module(module)
-    return sorted(n for n in _PIPELINES if fnmatch.fnmatch(n, pattern))
+    """Pipeline names matching ``pattern``, sorted; from the zoo table, importing nothing."""
+    names = {n for n, z in MODELS.items() if z.pipeline} | set(_PIPELINES)
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
 
 def get_pipeline_spec(name: str) -> PipelineSpec:
-    names = list_pipelines()
+    """The spec of pipeline ``name``, importing the one module that registers it."""
+    if name not in _PIPELINES and name in MODELS and MODELS[name].pipeline:
+        get_entry(name)
+        if name not in _PIPELINES:
+            raise RuntimeError(f"vargen.zoo says {MODELS[name].module} registers the pipeline "
+                               f"{name!r}, but its register_model call has no pipeline=")
     if name not in _PIPELINES:
-        raise KeyError(f"unknown pipeline {name!r}; available: {names}")
+        raise KeyError(f"unknown pipeline {name!r}; available: {list_pipelines()}")
     return _PIPELINES[name]

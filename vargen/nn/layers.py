@@ -1,6 +1,8 @@
-"""Llama-style building blocks shared by the generators: RMSNorm and the SwiGLU feed-forward."""
+"""Building blocks shared by the generators: RMSNorm, the SwiGLU feed-forward, the class
+embedding with its null row, and DiT's timestep embedding."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -85,7 +87,9 @@ class LabelEmbedder(nn.Module):
         return checks.class_labels(labels, self.num_classes, allow_null=allow_null and self.has_null)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        labels = self.check(labels)
+        # The range check reads the labels on the host: free on the CPU, a device sync elsewhere,
+        # where samplers, pipelines and the trainer have checked them on the host already.
+        labels = self.check(labels) if labels.device.type == "cpu" else labels.long()
         if self.training and self.dropout_prob > 0:
             if not self.has_null:
                 raise ValueError(f"class dropout {self.dropout_prob} needs the null class, but "
@@ -94,3 +98,19 @@ class LabelEmbedder(nn.Module):
             drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return self.embedding_table(labels)
+
+
+class TimestepEmbedder(nn.Module):
+    """DiT's time embedding: 256-d sinusoid (cos, sin) then Linear-SiLU-Linear."""
+
+    def __init__(self, dim: int, frequency_dim: int = 256, max_period: float = 10000.0):
+        super().__init__()
+        self.frequency_dim, self.max_period = frequency_dim, max_period
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        # t: [M] (integer steps) -> [M, dim]
+        half = self.frequency_dim // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1).to(self.mlp[0].weight.dtype))

@@ -36,7 +36,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from vargen.registry import register_model
+from vargen.registry import Weights, register_model
 from vargen.tokenizers.base import Tokenizer
 from vargen.tokenizers.conv import (LDM_LAYOUT, build_decoder, build_encoder, check_attn_levels,
                                     check_channels, official_to_diffusers)
@@ -165,3 +165,8 @@ def convert_mar_kl16(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Ten
 
 register_model("mar-kl16", KLTokenizer, KL16, converter=convert_mar_kl16)
 register_model("mar-kl-tiny", KLTokenizer, KL_TINY, converter=convert_mar_kl16)
+# Shipped: 32x32 MNIST digits -> 8x8x4 latents (xar-mnist, cont-ar-mnist). scale_factor = 1 / std
+# of the train-split latents (MAR: "normalize the std to 1").
+register_model("kl-mnist", KLTokenizer, KLConfig(
+    embed_dim=4, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, encoder_attn_levels=(2,), scale_factor=0.394),
+    weights=Weights.shipped("kl-mnist", "267fc12dc0fe493383059743f6a00b03a791f387eb32a5f260fc2224449214c1"))

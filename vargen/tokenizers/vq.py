@@ -221,3 +221,7 @@ register_model("llamagen-vq8", VQTokenizer, VQ8, converter=convert_llamagen_vq, 
     hub_repo="FoundationVision/LlamaGen", filename="vq_ds8_c2i.pt",
     metrics={"imagenet256_rfid": 0.59}, source=_LLAMAGEN_SOURCE))
 register_model("llamagen-vq-tiny", VQTokenizer, VQ_TINY, converter=convert_llamagen_vq)
+# Shipped: 32x32 MNIST digits -> 8x8 ids out of 256 (llamagen-mnist, nar-mnist; demos/train_mnist_zoo.sh).
+register_model("vq-mnist", VQTokenizer, VQConfig(
+    codebook_size=256, codebook_embed_dim=8, ch=32, ch_mult=(1, 2, 2), z_channels=64, num_res_blocks=1),
+    weights=Weights.shipped("vq-mnist", "94f28125351d5a2344e97e42f591f6d81982962aa09b3f18faf98467ce2686d8"))
