@@ -6,30 +6,37 @@ converter), the same batch, CFG and dtype. Workers run interleaved, ``--repeats`
 A B / B A, so slow drift on a shared machine hits both sides; the tables give the minimum and
 median seconds, peak memory above the worker's start, and the ratio official / vargen of the
 minima. Then the evaluation sections (Inception and I3D features, SJD/GSD) run in this process.
+A worker is demos/bench_worker.py; this file is the command: jobs, rounds, tables, the header.
 
-    python demos/bench.py --official-root /path/to/official --quick          # <= 20 min on 2 CPU cores
-    python demos/bench.py --official-root /path/to/official --size b --repeats 3
-    python demos/bench.py --official-root /path/to/official --size b --device cuda --dtype bfloat16 --compile
-    python demos/bench.py ... --update-readme README.md     # rewrite the README's block of this run
+    python demos/bench.py --official-root $OFFICIAL --quick          # <= 20 min on 2 CPU cores
+    python demos/bench.py --official-root $OFFICIAL --size b --repeats 3
+    python demos/bench.py --official-root $OFFICIAL --size b --device cuda --dtype bfloat16 --compile
+    python demos/bench.py ... --update-doc          # rewrite this run's block of docs/benchmarks.md
+    python demos/bench.py ... --update-doc FILE.md  # or of another file with the same markers
 
 ``--official-root`` is a scratch folder holding checkouts of the official repositories (see
 demos/official.py); without it, or where one is missing, the official rows are skipped with a
 message and vargen runs on its own seeded weights. Official code is never part of vargen.
+
+The block's first line is the command that wrote it, without machine paths: an absolute path
+under the current directory is shown relative to it; outside it, the official root is shown as
+``$OFFICIAL`` and any other path by its file name.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
+
+from bench_worker import FAMILIES, NO_OFFICIAL, run_worker
 
 HERE = Path(__file__).resolve().parent
+DEFAULT_DOC = HERE.parent / "docs" / "benchmarks.md"  # --update-doc without a path
 
 
 # Trunk overrides (vargen's config names; demos/official.py maps them) per --size.
@@ -40,117 +47,8 @@ TRUNKS = {
              "cont-ar": dict(n_layer=4, dim=256, n_head=4, vis_dim=256, head_width=256, head_depth=2)},
     "b": {"raster": {}, "nar": {}, "xar": {}, "video-nar": dict(n_layer=12, dim=768, n_head=12), "cont-ar": {}},
 }
-# family: (vargen registry name, sampler, the paper's name for the row)
-FAMILIES = {
-    "raster": ("llamagen-b", "raster", "LlamaGen raster"),
-    "nar": ("nar-b", "neighbor", "NAR"),
-    "xar": ("xar-b", "flow", "xAR"),
-    "cont-ar": ("cont-ar-b", "token-flow", "continuous-token AR"),
-    "video-nar": ("nar-video-l", "neighbor", "NAR video"),
-}
-NO_OFFICIAL = {"cont-ar": "Ming-UniVision's generator is its 16B MoE language model (Ling); no "
-                          "class-conditional continuous-token AR is released to run at this size"}
 EVAL_SECTIONS = ("inception", "i3d", "speculative")
 PAPER_IMG_PER_S = {"nar": 419.7, "raster": 117.9}  # NAR paper, A100: NAR-B and LlamaGen-B
-
-
-# ----------------------------------------------------------------------------- one worker
-def sampler_options(family: str, spec: dict) -> dict:
-    if family == "xar":
-        return dict(num_steps=spec["num_steps"], method="sde", cfg_scale=spec["xar_cfg"], cfg_schedule="linear")
-    if family == "cont-ar":
-        return dict(num_steps=spec["num_steps"], cfg_scale=spec["cfg"])
-    return dict(cfg_scale=spec["cfg"], top_k=spec["top_k"])
-
-
-def vargen_generator(family: str, spec: dict, torch_dtype):
-    """vargen's model (official weights when available) and its ``generate(labels)``."""
-    import torch
-
-    from vargen.hub import load_state_dict_strict
-    from vargen.registry import create_model, get_entry
-    from vargen.samplers import create_sampler
-    from vargen.seeding import SampleRNG
-
-    import official
-    name, sampler_name, _ = FAMILIES[family]
-    overrides = dict(spec["trunk"])
-    if family == "video-nar":
-        overrides["latent_shape"] = tuple(spec["latent_shape"])
-    model = create_model(name, **overrides)
-    state = None
-    if spec.get("official_root") and family not in NO_OFFICIAL:
-        try:
-            state = official.build(family, spec["official_root"], spec["trunk"], {**spec, "dtype": torch.float32}
-                                   ).state_dict()
-        except official.OfficialMissing:
-            state = None
-    if state is not None:
-        converter = get_entry(name).weights.converter
-        state = {k: v for k, v in state.items() if "kv_cache" not in k and k not in ("causal_mask", "mask")}
-        load_state_dict_strict(model, converter(state) if converter else state, source=f"official {family}")
-    else:
-        torch.manual_seed(spec["seed"])
-        official.randomise_zero_heads(model)
-    model = model.eval().to(device=spec["device"], dtype=torch_dtype)
-    if spec.get("compile", "off") != "off":  # CUDA graphs come with mode="reduce-overhead"
-        model.compile_steps(mode=None if spec["compile"] == "default" else spec["compile"])
-    sampler = create_sampler(sampler_name, **sampler_options(family, spec))
-    num_classes = model.num_classes
-
-    def generate(labels):
-        out = sampler(model, labels % num_classes, SampleRNG(spec["seed"], labels.shape[0], device="cpu"))
-        return out, sampler.stats
-    return model, generate
-
-
-def worker(spec: dict) -> dict:
-    import torch
-
-    import official
-    from benchlib import measure
-    torch.set_num_threads(spec["threads"])
-    dtype = getattr(torch, spec["dtype"])
-    family, impl = spec["family"], spec["impl"]
-    labels = torch.arange(spec["batch"], device=spec["device"]) % (101 if family == "video-nar" else 1000)
-    if impl == "official":
-        run = official.build(family, spec["official_root"], spec["trunk"],
-                             {**spec, "dtype": dtype, "cfg": spec["xar_cfg"] if family == "xar" else spec["cfg"]})
-        seconds, peak, _ = measure(lambda: run.generate(labels), spec["device"])
-        passes, tokens = None, None
-    else:
-        _, generate = vargen_generator(family, spec, dtype)
-        seconds, peak, (_, stats) = measure(lambda: generate(labels), spec["device"])
-        passes, tokens = stats["forward_passes"], stats.get("tokens_per_image")
-    row = {"family": family, "impl": impl, "seconds": seconds, "peak_mib": peak, "passes": passes}
-    if impl == "vargen" and tokens:
-        row["tokens_per_image"] = tokens
-    if spec.get("profile"):
-        row["profile"] = profile(run.generate if impl == "official" else generate, labels)
-    return row
-
-
-def profile(fn, labels, top: int = 8) -> List[tuple]:
-    """Share of self CPU time of the ``top`` operators in one more call of ``fn`` (the floor:
-    how much of a run is matrix multiplication that no rewrite of the loop removes)."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn(labels)
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events)
-    return [(e.key, round(100 * e.self_cpu_time_total / total, 1)) for e in events[:top]]
-
-
-def run_worker(spec: dict) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "TQDM_DISABLE": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"{spec['family']}/{spec['impl']} worker failed: " + " | ".join(tail))
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- the command
@@ -325,28 +223,50 @@ def cpu_name() -> str:
         return platform.machine()
 
 
+def shown_path(value: str, placeholder: Optional[str] = None) -> str:
+    """An absolute ``value`` as the header prints it: relative to the current directory when under
+    it, else ``placeholder`` if given, else the file name. Other values are returned as they are."""
+    if not os.path.isabs(value):
+        return value
+    path, cwd = Path(os.path.abspath(value)), Path(os.getcwd())
+    if path.is_relative_to(cwd):
+        return str(path.relative_to(cwd))
+    return placeholder or path.name
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """``python demos/bench.py ARGV`` with no absolute path in it (see :func:`shown_path`)."""
+    words = ["python", "demos/bench.py"]
+    for i, arg in enumerate(argv):
+        option, value = arg.split("=", 1) if arg.startswith("--") and "=" in arg else (None, arg)
+        official = (option or (argv[i - 1] if i else "")) == "--official-root"
+        shown = shown_path(value, "$OFFICIAL" if official else None)
+        words.append(shown if option is None else f"{option}={shown}")
+    return " ".join(words)
+
+
 def header(args) -> str:
     import torch
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_name()
-    return (f"`{' '.join(['python', 'demos/bench.py'] + sys.argv[1:])}`: torch {torch.__version__}, {device}, "
+    return (f"`{command_line(args.argv)}`: torch {torch.__version__}, {device}, "
             f"{args.threads} threads, {args.dtype}, compile {args.compile}, size {args.size}, batch {args.batch}, "
             f"CFG {args.cfg} (xAR {args.xar_cfg}, {args.xar_steps} SDE steps per cell), top-k {args.top_k}, "
             f"{args.repeats} rounds A B / B A; load average at the start {os.getloadavg()[0]:.2f}"
             f"{'; ' + args.note if args.note else ''}; {time.strftime('%Y-%m-%d')}")
 
 
-def readme_markers(block: str) -> tuple:
+def markers(block: str) -> tuple:
     return f"<!-- bench:{block} -->", f"<!-- /bench:{block} -->"
 
 
-def update_readme(path: Path, block: str, text: str) -> None:
-    """Replace what stands between the README's ``<!-- bench:BLOCK -->`` markers with ``text``."""
+def update_doc(path: Path, block: str, text: str) -> None:
+    """Replace what stands between the file's ``<!-- bench:BLOCK -->`` markers with ``text``."""
     from vargen.hub import atomic_write
-    start, end = readme_markers(block)
-    readme = path.read_text()
-    if start not in readme or end not in readme:
+    start, end = markers(block)
+    doc = path.read_text()
+    if start not in doc or end not in doc:
         raise ValueError(f"{path}: no {start} ... {end} block to replace")
-    head, rest = readme.split(start, 1)
+    head, rest = doc.split(start, 1)
     _, tail = rest.split(end, 1)
     atomic_write(path, lambda tmp: Path(tmp).write_text(f"{head}{start}\n{text}\n{end}{tail}"))
 
@@ -377,12 +297,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--profile", default="", help="comma list of families to profile once more (both sides)")
     p.add_argument("--note", default="", help="what else ran on the machine, for the header")
     p.add_argument("--markdown", default=None, help="also write the tables to this file")
-    p.add_argument("--update-readme", default=None, help="write the tables into this README's bench block")
-    p.add_argument("--block", default=None, help="README block name (default: quick, or SIZE-DTYPE)")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--update-doc", "--update-readme", dest="update_doc", nargs="?", const=str(DEFAULT_DOC),
+                   default=None, metavar="PATH", help="write the tables into this file's bench block "
+                   "(default: docs/benchmarks.md)")
+    p.add_argument("--block", default=None, help="bench block name (default: quick, or SIZE-DTYPE)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
-    if args.worker:
-        return args
+    args.argv = argv  # for the header
     cuda = args.device.startswith("cuda")
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
     args.compile = args.compile or ("reduce-overhead" if cuda else "off")
@@ -403,10 +324,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        sys.path.insert(0, str(HERE))
-        print(json.dumps(worker(json.loads(args.worker))))
-        return 0
     start = time.perf_counter()
     blocks = [header(args)]
     if args.families:
@@ -417,8 +334,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("\n" + text)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
-    if args.update_readme:
-        update_readme(Path(args.update_readme), args.block, text)
+    if args.update_doc:
+        update_doc(Path(args.update_doc), args.block, text)
     return 0
 
 

@@ -25,7 +25,8 @@ def main() -> None:
     p.add_argument("--cpu-batch-size", type=int, default=50)
     args = p.parse_args()
     from vargen.eval.inception import InceptionFeatures, default_batch_size
-    from vargen.eval.metrics import extract, frechet_distance
+    from vargen.eval.metrics import extract
+    from vargen.eval.scores import frechet_distance
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device")
     images = torch.from_numpy(np.random.RandomState(0).randint(0, 256, (args.num_images, 3, args.size, args.size),

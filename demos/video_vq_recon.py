@@ -13,6 +13,7 @@ import torch
 
 import vargen
 from vargen.data import get_dataset
+from vargen.training.heldout import heldout_metrics
 from vargen.video import write_video
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     print(f"wrote {args.out}: {args.clips} held-out clips (top) and reconstructions from "
           f"{tuple(ids.shape[1:])} ids (bottom)")
     if args.measure:
-        print(json.dumps(tokenizer.heldout_metrics("moving-mnist")))
+        print(json.dumps(heldout_metrics(tokenizer, "moving-mnist")))
 
 
 if __name__ == "__main__":

@@ -1,36 +1,25 @@
-"""Bad inputs at every public entry point: each row is refused with a clear error that names the
-input, before any work is done, and leaves the output folder as it was.
-
-API rows assert the error type and that the message names the input. CLI rows call the command's
-``main(argv)`` in this process and assert exit status 2, one ``prog: error: ...`` line naming the
-input, and no traceback; two rows run as subprocesses (each costs a torch import).
+"""Bad inputs at every public API entry point: each row is refused with a clear error that names
+the input, before any work is done, and leaves the output folder as it was. Rows assert the error
+type and that the message names the input; the command lines' rows are in tests/test_bad_cli.py.
 """
 import functools
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from safetensors.torch import save_file
 
 import vargen
+from bad_input_assets import assets, snapshot  # noqa: F401,F811 (a fixture)
 from vargen import checks
-from vargen.cli import main as vargen_main
-from vargen.cli import run_command
-from vargen.data import cache
 from vargen.data.folder import ImageFolderDataset
 from vargen.eval import sample as eval_sample
 from vargen.eval.fvd import fvd_from_stats, video_batches, videos_to_uint8
 from vargen.eval.inception import InceptionFeatures
-from vargen.eval.metrics import compute_metrics, frechet_distance, image_batches, inception_score
+from vargen.eval.metrics import compute_metrics, image_batches
 from vargen.eval.recon import reconstruction_metrics
-from vargen.eval.stats import FeatureStats, load_stats, save_npz, save_stats
+from vargen.eval.scores import frechet_distance, inception_score
+from vargen.eval.stats import FeatureStats, load_stats
 from vargen.hub import WeightsError
 from vargen.images import to_uint8
 from vargen.samplers import create_sampler
@@ -55,58 +44,6 @@ def pipeline(name: str = "nar-mnist"):
 @functools.lru_cache(maxsize=None)
 def random_inception():
     return InceptionFeatures("random")
-
-
-def _readonly_dir(root: Path) -> Path:
-    """A folder this process cannot write in: a chmod 555 folder, or (as root, who writes there
-    anyway) a path under /sys, where nobody can create files."""
-    folder = root / "readonly"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder)
-    except OSError:
-        return folder
-    os.close(fd)
-    os.remove(probe)
-    return Path("/sys/vargen-readonly")
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """Input files every row may read (never written by a row: the table checks that)."""
-    root = tmp_path_factory.mktemp("assets")
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (6, 32, 32, 3), generator=g, dtype=torch.uint8).numpy()
-    save_npz(root / "good.npz", arr_0=images)
-    mu, sigma = np.zeros(2048), np.eye(2048)
-    save_stats(root / "stats.npz", mu, sigma)
-    mu[3] = np.nan
-    save_stats(root / "nanstats.npz", mu, sigma)
-    save_npz(root / "videos.npz", arr_0=np.zeros((2, 16, 16, 16, 3), np.uint8))
-    folder = root / "folder"
-    folder.mkdir()
-    (folder / "a_not_an_image.png").write_text("this is text, not a PNG")
-    for i in range(2):
-        Image.fromarray(images[i]).save(folder / f"img{i}.png")
-    save_file({"w": torch.zeros(1000)}, str(root / "inception.safetensors"))
-    data = (root / "inception.safetensors").read_bytes()
-    (root / "truncated.safetensors").write_bytes(data[: len(data) // 2])
-    (root / "existing.txt").write_text("a file, not a folder")
-    (root / "existing_dir").mkdir()
-    (root / "junk.mp4").write_bytes(b"not a video")
-    ids = torch.randint(0, 64, (8, 4, 4), generator=g)
-    labels = torch.randint(0, 10, (8,), generator=g)
-    cache.save_token_file(root / "tokens.safetensors", ids, labels)
-    cache.save_token_file(root / "big_ids.safetensors", ids + 60, labels)       # llamagen-tiny: 64 codes
-    cache.save_token_file(root / "big_labels.safetensors", ids, labels + 5)     # 10 classes
-    return SimpleNamespace(root=root, readonly=_readonly_dir(root))
-
-
-def snapshot(*roots: Path) -> dict:
-    """Every file (size, mtime) and folder under ``roots``: a row must leave them as they were."""
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else "folder"
-            for root in roots if root.exists() for p in [root, *root.rglob("*")]}
 
 
 def clip(value: float = 0.0, t: int = 4) -> torch.Tensor:
@@ -259,137 +196,6 @@ def test_api_refuses(assets, tmp_path, call, error, text):
     assert snapshot(assets.root, tmp_path) == before
 
 
-# ------------------------------------------------------------------------------- the CLI rows
-# (id, command, argv with {a} = assets folder, {o} = the row's empty output folder, {ro} = a
-# read-only folder; text the error line must contain)
-SAMPLE = "sample --model nar-mnist --classes 0 --out {o}/s.png"
-FID = "fid {a}/good.npz {a}/stats.npz --inception-weights random"
-TRAIN = "train --model llamagen-tiny --data {a}/tokens.safetensors --steps 1 --batch-size 4 --no-progress"
-EVAL_SAMPLE = "--model nar-mnist --num-samples 2 --batch-size 2 --shard-size 2 --no-progress"
-CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")  # a 5th item: marks
-CLI = [
-    ("sample cfg nan", "vargen", SAMPLE + " --cfg-scale nan", "--cfg-scale"),
-    ("sample cfg inf", "vargen", SAMPLE + " --cfg-scale inf", "--cfg-scale"),
-    ("sample cfg -1", "vargen", SAMPLE + " --cfg-scale -1", "--cfg-scale"),
-    ("sample temperature nan", "vargen", SAMPLE + " --temperature nan", "--temperature"),
-    ("sample top-p nan", "vargen", SAMPLE + " --top-p nan", "--top-p"),
-    ("sample top-k 2.5", "vargen", SAMPLE + " --top-k 2.5", "--top-k"),
-    ("sample num-steps 2.5", "vargen", SAMPLE + " --num-steps 2.5", "--num-steps"),
-    ("sample seed 1.5", "vargen", SAMPLE + " --seed 1.5", "--seed"),
-    ("sample seed str", "vargen", SAMPLE + " --seed one", "--seed"),
-    ("sample classes 10", "vargen", "sample --model nar-mnist --classes 10 --out {o}/s.png", "[0, 9]"),
-    ("sample classes -1", "vargen", "sample --model nar-mnist --classes -1 --out {o}/s.png", "[0, 9]"),
-    ("sample classes str", "vargen", "sample --model nar-mnist --classes three --out {o}/s.png", "--classes"),
-    ("sample per-class huge", "vargen", SAMPLE + " --per-class 100000000", "python -m vargen.eval.sample"),
-    ("sample per-class 0", "vargen", SAMPLE + " --per-class 0", "--per-class"),
-    ("sample batch-size 0", "vargen", SAMPLE + " --batch-size 0", "--batch-size"),
-    ("sample fps nan", "vargen", SAMPLE + " --fps nan", "--fps"),
-    ("sample out dir", "vargen", "sample --model nar-mnist --classes 0 --out {a}/existing_dir", "existing_dir"),
-    ("sample out read-only", "vargen", "sample --model nar-mnist --classes 0 --out {ro}/s.png", "--out"),
-    ("sample out suffix", "vargen", "sample --model nar-mnist --classes 0 --out {o}/s.jpgx", ".jpgx"),
-    ("sample unknown model", "vargen", "sample --model no-such --classes 0 --out {o}/s.png", "no-such"),
-    ("sample unknown sampler", "vargen", SAMPLE + " --sampler beam", "beam"),
-    ("sample device bogus", "vargen", SAMPLE + " --device gpu", "--device"),
-    ("sample device cuda", "vargen", SAMPLE + " --device cuda", "no CUDA device", CUDA),
-    ("sample device cuda:99", "vargen", SAMPLE + " --device cuda:99", "cuda:99"),  # with or without a GPU
-    ("fid nan stats", "vargen", "fid {a}/good.npz {a}/nanstats.npz", "nanstats.npz"),
-    ("fid batch-size 0", "vargen", FID + " --batch-size 0", "--batch-size"),
-    ("fid limit -1", "vargen", FID + " --limit -1", "--limit"),
-    ("fid limit 0", "vargen", FID + " --limit 0", "--limit"),
-    ("fid kid-subset-size 1", "vargen", FID + " --kid-subset-size 1", "--kid-subset-size"),
-    ("fid json read-only", "vargen", FID + " --json {ro}/fid.json", "--json"),
-    ("fid json dir", "vargen", FID + " --json {a}/existing_dir", "existing_dir"),
-    ("fid json under a file", "vargen", FID + " --json {a}/existing.txt/fid.json", "existing.txt"),
-    ("fid missing samples", "vargen", "fid {a}/missing.npz {a}/stats.npz", "missing.npz"),
-    ("fid non-image png", "vargen", "fid {a}/folder {a}/good.npz --inception-weights random", "a_not_an_image.png"),
-    ("fid truncated weights", "vargen", "fid {a}/good.npz {a}/stats.npz --inception-weights {a}/truncated.safetensors",
-     "truncated.safetensors"),
-    ("fid device bogus", "vargen", FID + " --device tpu", "--device"),
-    ("fid device cuda", "vargen", FID + " --device cuda", "no CUDA device", CUDA),
-    ("ref-stats out read-only", "vargen", "ref-stats mnist:heldout {ro}/ref.npz --inception-weights random", "out"),
-    ("ref-stats out dir", "vargen", "ref-stats mnist:heldout {a}/existing_dir --inception-weights random",
-     "existing_dir"),
-    ("ref-stats limit -1", "vargen", "ref-stats mnist:heldout {o}/ref.npz --limit -1", "--limit"),
-    ("fvd batch-size 0", "vargen", "fvd {a}/videos.npz {a}/videos.npz --batch-size 0", "--batch-size"),
-    ("fvd num-frames nan", "vargen", "fvd {a}/videos.npz {a}/videos.npz --num-frames nan", "--num-frames"),
-    ("fvd json read-only", "vargen", "fvd {a}/videos.npz {a}/videos.npz --json {ro}/fvd.json", "--json"),
-    ("recon limit -1", "vargen", "recon --tokenizer vq-mnist --no-fid --limit -1", "--limit"),
-    ("recon json dir", "vargen", "recon --tokenizer vq-mnist --no-fid --json {a}/existing_dir", "existing_dir"),
-    ("recon image-size 0", "vargen", "recon --tokenizer vq-mnist --no-fid --image-size 0", "--image-size"),
-    ("recon non-image png", "vargen", "recon --tokenizer vq-mnist --no-fid --data {a}/folder", "a_not_an_image.png"),
-    ("recon device cuda", "vargen", "recon --tokenizer vq-mnist --no-fid --device cuda", "no CUDA device", CUDA),
-    ("train ids > vocab", "vargen", "train --model llamagen-tiny --data {a}/big_ids.safetensors --steps 1 "
-     "--batch-size 4 --no-progress --out {o}/run", "big_ids.safetensors"),
-    ("train labels > classes", "vargen", "train --model llamagen-tiny --data {a}/big_labels.safetensors --steps 1 "
-     "--batch-size 4 --no-progress --out {o}/run", "big_labels.safetensors"),
-    ("train out file", "vargen", TRAIN + " --out {a}/existing.txt", "existing.txt"),
-    ("train out read-only", "vargen", TRAIN + " --out {ro}/run", "--out"),
-    ("train lr nan", "vargen", TRAIN + " --lr nan --out {o}/run", "--lr"),
-    ("train override nan", "vargen", TRAIN + " --override class_dropout_prob=nan --out {o}/run", "class_dropout_prob"),
-    ("train override inf", "vargen", TRAIN + " --override class_dropout_prob=1e999 --out {o}/run", "class_dropout_prob"),
-    ("train steps 2.5", "vargen", TRAIN.replace("--steps 1", "--steps 2.5") + " --out {o}/run", "--steps"),
-    ("train ema-decay 1", "vargen", TRAIN + " --ema-decay 1 --out {o}/run", "--ema-decay"),
-    ("train seed -1", "vargen", TRAIN + " --seed -1 --out {o}/run", "--seed"),
-    ("train device bogus", "vargen", TRAIN + " --device gpu --out {o}/run", "--device"),
-    ("train device cuda", "vargen", TRAIN + " --device cuda --out {o}/run", "no CUDA device", CUDA),
-    ("eval.sample out file", "eval.sample", EVAL_SAMPLE + " --out {a}/existing.txt", "existing.txt"),
-    ("eval.sample out read-only", "eval.sample", EVAL_SAMPLE + " --out {ro}/run", "--out"),
-    ("eval.sample cfg nan", "eval.sample", EVAL_SAMPLE + " --cfg-scale nan --out {o}/run", "--cfg-scale"),
-    ("eval.sample top-k 2.5", "eval.sample", EVAL_SAMPLE + " --top-k 2.5 --out {o}/run", "--top-k"),
-    ("eval.sample num-samples 0", "eval.sample", EVAL_SAMPLE.replace("--num-samples 2", "--num-samples 0")
-     + " --out {o}/run", "--num-samples"),
-    ("eval.sample num-classes 0", "eval.sample", EVAL_SAMPLE + " --num-classes 0 --out {o}/run", "--num-classes"),
-]
-MAINS = {"vargen": vargen_main, "eval.sample": eval_sample.main}
-
-
-def _argv(template: str, assets, out: Path) -> list:
-    return template.format(a=assets.root, o=out, ro=assets.readonly).split()
-
-
-@pytest.mark.parametrize("command, template, text", [pytest.param(*row[1:4], id=row[0], marks=row[4:])
-                                                     for row in CLI])
-def test_cli_refuses(assets, tmp_path, capsys, command, template, text):
-    before = snapshot(assets.root, tmp_path)
-    status = MAINS[command](_argv(template, assets, tmp_path))
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert status == 2, err
-    assert "Traceback" not in err
-    assert "error:" in lines[-1] and text in lines[-1], err
-    assert snapshot(assets.root, tmp_path) == before
-
-
-# ------------------------------------------------------------------------------- beyond the table
-def test_an_error_mid_sampling_starts_its_own_line(assets, tmp_path, capsys, monkeypatch):
-    """The progress bar is ended before the error line, which is never glued onto it."""
-    from vargen.samplers.neighbor import NeighborSampler
-    calls = []
-
-    def failing(self, model, labels, rng):
-        calls.append(1)
-        if len(calls) > 1:
-            raise ValueError("sampler failed on the second batch")
-        return original(self, model, labels, rng)
-    original = NeighborSampler.sample
-    monkeypatch.setattr(NeighborSampler, "sample", failing)
-    before = snapshot(tmp_path)
-    status = vargen_main(_argv("sample --model nar-mnist --classes 0 1 --batch-size 1 --out {o}/s.png",
-                               assets, tmp_path))
-    err = capsys.readouterr().err
-    assert status == 2 and len(calls) == 2
-    error = [line for line in err.split("\n") if "error:" in line]
-    assert error == ["vargen sample: error: sampler failed on the second batch"], err
-    assert snapshot(tmp_path) == before
-
-
-def test_run_command_leaves_bugs_as_tracebacks():
-    def bug(args):
-        raise AssertionError("a bug, not a user error")
-    with pytest.raises(AssertionError):
-        run_command(eval_sample.build_parser(), ["--model", "x", "--num-samples", "1", "--out", "y"], bug)
-
-
 def test_parsing_refuses_what_the_api_refuses():
     parse = checks.cli_number(integer=True, minimum=1)
     assert parse("3") == 3
@@ -397,17 +203,3 @@ def test_parsing_refuses_what_the_api_refuses():
         with pytest.raises(Exception, match="integer >= 1"):
             parse(text)
     assert checks.number("x", torch.tensor(2.0)) == 2.0 and checks.number("n", np.int64(3), integer=True) == 3
-
-
-@pytest.mark.parametrize("argv, text", [
-    (["-m", "vargen.cli", "sample", "--model", "nar-mnist", "--classes", "0", "--cfg-scale", "nan"], "--cfg-scale"),
-    (["-m", "vargen.eval.sample", "--model", "nar-mnist", "--num-samples", "2", "--out", "{a}/existing.txt"],
-     "existing.txt"),
-], ids=["vargen sample", "python -m vargen.eval.sample"])
-def test_subprocess_one_line_and_status_2(assets, tmp_path, argv, text):
-    before = snapshot(assets.root, tmp_path)
-    argv = [arg.format(a=assets.root) for arg in argv]
-    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert len(proc.stderr.strip().splitlines()) == 1 and text in proc.stderr, proc.stderr
-    assert snapshot(assets.root, tmp_path) == before

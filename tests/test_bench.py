@@ -9,6 +9,7 @@ DEMOS = Path(__file__).resolve().parents[1] / "demos"
 sys.path.insert(0, str(DEMOS))
 
 import bench  # noqa: E402
+import bench_worker  # noqa: E402
 import official  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def test_vargen_worker_samples_the_family_it_names(monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # a worker's setting, not the test run's
     base = dict(trunk=dict(n_layer=1, dim=32, n_head=2), batch=2, cfg=2.0, xar_cfg=2.7, top_k=0, num_steps=2,
                 latent_shape=(2, 2, 2), dtype="float32", device="cpu", seed=0, threads=1, official_root=None)
-    rows = {f: bench.worker({**base, "family": f, "impl": "vargen"}) for f in ("raster", "nar")}
+    rows = {f: bench_worker.worker({**base, "family": f, "impl": "vargen"}) for f in ("raster", "nar")}
     assert rows["raster"]["passes"] == 256 and rows["nar"]["passes"] == 31
     assert all({"seconds", "peak_mib"} <= set(r) for r in rows.values())
 
@@ -51,20 +52,42 @@ def test_same_official_weights_load_strictly_into_vargen(monkeypatch):
     monkeypatch.setattr(official, "build", lambda *a, **k: official.Official(source, None))
     spec = dict(trunk=dict(n_layer=1, dim=32, n_head=2), cfg=2.0, top_k=0, seed=0, device="cpu",
                 official_root="somewhere")
-    model, _ = bench.vargen_generator("raster", spec, torch.float32)
+    model, _ = bench_worker.vargen_generator("raster", spec, torch.float32)
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 
 
-def test_update_readme_replaces_only_its_block(tmp_path):
-    (a0, a1), (b0, b1) = bench.readme_markers("quick"), bench.readme_markers("b-float32")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{a0}\nold\n{a1}\nmiddle\n{b0}\nother\n{b1}\noutro\n")
-    bench.update_readme(readme, "quick", "new table")
-    assert readme.read_text() == f"intro\n{a0}\nnew table\n{a1}\nmiddle\n{b0}\nother\n{b1}\noutro\n"
+def test_update_doc_replaces_only_its_block(tmp_path):
+    (a0, a1), (b0, b1) = bench.markers("quick"), bench.markers("b-float32")
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"intro\n{a0}\nold\n{a1}\nmiddle\n{b0}\nother\n{b1}\noutro\n")
+    bench.update_doc(doc, "quick", "new table")
+    assert doc.read_text() == f"intro\n{a0}\nnew table\n{a1}\nmiddle\n{b0}\nother\n{b1}\noutro\n"
     with pytest.raises(ValueError, match="bench:b-bfloat16"):
-        bench.update_readme(readme, "b-bfloat16", "x")
+        bench.update_doc(doc, "b-bfloat16", "x")
     assert bench.parse_args(["--size", "b", "--dtype", "bfloat16"]).block == "b-bfloat16"
+
+
+def test_update_doc_defaults_to_docs_benchmarks_and_keeps_the_old_flag():
+    default = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+    assert bench.parse_args([]).update_doc is None
+    assert bench.parse_args(["--update-doc", "--quick"]).update_doc == str(default)
+    assert bench.parse_args(["--quick", "--update-doc"]).update_doc == str(default)
+    assert bench.parse_args(["--update-readme", "README.md"]).update_doc == "README.md"
+    assert bench.parse_args(["--update-doc=x.md"]).update_doc == "x.md"
+
+
+def test_header_command_line_has_no_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    argv = ["--official-root", "/scratch/official", "--quick", "--note", "machine otherwise idle",
+            "--update-readme", str(tmp_path / "docs" / "benchmarks.md"), "--markdown=/elsewhere/out/tables.md",
+            "--official-root=/scratch/official"]
+    line = bench.command_line(bench.parse_args(argv).argv)
+    assert line == ("python demos/bench.py --official-root $OFFICIAL --quick --note machine otherwise idle "
+                    "--update-readme docs/benchmarks.md --markdown=tables.md --official-root=$OFFICIAL")
+    assert bench.command_line(["--official-root", str(tmp_path / "official")]).endswith("--official-root official")
+    assert bench.command_line(["--update-doc", "--block", "quick"]).endswith("--update-doc --block quick")
 
 
 def test_tables_give_ratios_of_minima():

@@ -9,13 +9,12 @@ generator draws the digit it was asked for (``accuracy(images, labels)``).
     >>> clf.accuracy(images, labels)          # images [B, 3, 32, 32] in [-1, 1]
 
 Train it with ``vargen train --model digit-classifier --data mnist ...`` or
-:func:`train_classifier`; the trainer calls :meth:`DigitClassifier.heldout_metrics` and puts the
-held-out accuracy into the model card.
+:func:`vargen.training.train_classifier`; the trainer measures the held-out accuracy
+(``card_metrics``, :mod:`vargen.training.heldout`) and puts it into the model card.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, Tuple, Union
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 
 from vargen.hub import VargenModule
 from vargen.registry import Weights, register_model
-from vargen.training.recipes import CLASSIFIER
+from vargen.recipes import CLASSIFIER
 
 
 @dataclass
@@ -40,6 +39,7 @@ class DigitClassifier(VargenModule):
     config_class = DigitClassifierConfig
     kind = "classifier"
     trains_on = "images"
+    card_metrics = ("accuracy",)  # held-out, in the trained model's card (vargen.training.heldout)
 
     def __init__(self, config: DigitClassifierConfig):
         super().__init__(config)
@@ -117,25 +117,6 @@ class DigitClassifier(VargenModule):
             raise ValueError(f"need one label per image: {len(images)} images, "
                              f"labels {tuple(labels.shape)}")
         return (self.predict(images) == labels).float().mean().item()
-
-    def heldout_metrics(self, data: str) -> Dict[str, float]:
-        """Accuracy on ``data``'s held-out split (the trainer's model-card hook); ``{}`` for data
-        without one (an image folder or a token file)."""
-        from vargen.data import DATASETS, cache, get_dataset
-        base = str(data).partition(":")[0]
-        if base not in DATASETS:
-            return {}
-        heldout = cache.dataset_tensors(get_dataset(base, "heldout", self.config.image_size))
-        return {f"{base}_heldout_accuracy": self.accuracy(heldout["images"], heldout["labels"])}
-
-
-def train_classifier(out: Union[str, Path], steps: int = 1500, batch_size: int = 64,
-                     lr: float = 1e-3, seed: int = 0, **options) -> Dict[str, float]:
-    """Train ``digit-classifier`` on MNIST's train split; returns the trainer's result
-    (with ``mnist_heldout_accuracy``). ``options`` are further :class:`TrainConfig` fields."""
-    from vargen.training import TrainConfig, train
-    return train(TrainConfig(model="digit-classifier", data="mnist", steps=steps,
-                             batch_size=batch_size, lr=lr, seed=seed, out=str(out), **options))
 
 
 register_model("digit-classifier", DigitClassifier, DigitClassifierConfig(), weights=Weights(

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vargen import checks
-from vargen.registry import register_model
+from vargen.registry import Weights, register_model
 from vargen.tokenizers.base import Tokenizer
 from vargen.tokenizers.vq import VectorQuantizer, VQTokenizer
 
@@ -155,6 +155,8 @@ class VideoVQTokenizer(Tokenizer):
 
     config_class = VideoVQConfig
     is_discrete = True
+    # Held-out, in the trained model's card (vargen.training.heldout, vargen.eval.recon).
+    card_metrics = ("psnr", "mse", "codes_used", "frame_accuracy")
 
     def __init__(self, config: VideoVQConfig):
         super().__init__(config)
@@ -249,49 +251,12 @@ class VideoVQTokenizer(Tokenizer):
         model's ``_reconstruct`` (same outputs, with the time axis folded into the rows)."""
         return VQTokenizer.loss(self, videos)
 
-    @torch.no_grad()
-    def reconstruction_metrics(self, videos: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                               digit_size: int = 16, batch_size: int = 50) -> Dict[str, float]:
-        """Encode + decode ``videos [N, 3, T, H, W]``: mean per-clip PSNR (dB, on the uint8
-        clips), MSE in [-1, 1], codes used and, with ``labels``, the ``digit-classifier``'s
-        per-frame accuracy on the reconstructions (:func:`vargen.data.moving_mnist.frame_accuracy`)."""
-        from vargen.images import to_uint8
-        was_training = self.training
-        self.eval()
-        try:
-            device = next(self.parameters()).device
-            recons, ids = [], []
-            for i in range(0, len(videos), batch_size):
-                codes = self.encode(videos[i:i + batch_size].to(device))
-                ids.append(codes.cpu())
-                recons.append(self.decode(codes).float().clamp(-1, 1).cpu())
-        finally:
-            self.train(was_training)
-        recon = torch.cat(recons)
-        err = (to_uint8(recon).float() - to_uint8(videos).float()).pow(2).flatten(1).mean(1)
-        metrics = {"psnr": (10 * torch.log10(255.0 ** 2 / err.clamp_min(1e-10))).mean().item(),
-                   "mse": (recon - videos.float()).pow(2).mean().item(),
-                   "codes_used": int(torch.cat(ids).unique().numel())}
-        if labels is not None:
-            from vargen.data.moving_mnist import frame_accuracy
-            from vargen.registry import create_model
-            classifier = create_model("digit-classifier", pretrained=True).to(device).eval()
-            metrics["frame_accuracy"] = frame_accuracy(classifier, recon, labels, digit_size)
-        return metrics
-
-    def heldout_metrics(self, data: str, image_size: int = 32) -> Dict[str, float]:
-        """Reconstruction of ``data``'s held-out clips (the trainer's model-card hook); ``{}`` for
-        data that are not Moving-MNIST."""
-        from vargen.data import get_dataset
-        base = str(data).partition(":")[0]
-        if base != "moving-mnist":
-            return {}
-        heldout = get_dataset(base, "heldout", image_size)
-        metrics = self.reconstruction_metrics(heldout.videos(), heldout.labels, heldout.digit_size)
-        return {f"{base}_heldout_{k}": v for k, v in metrics.items()}
-
 
 # Tests: 16 x 16 x 16 clips -> 4 x 4 x 4 ids out of 32.
 VIDEO_VQ_TINY = VideoVQConfig(codebook_size=32, codebook_embed_dim=4, hidden=16, num_res_blocks=1,
                               norm_groups=4)
 register_model("video-vq-tiny", VideoVQTokenizer, VIDEO_VQ_TINY)
+# Shipped: 16 x 32 x 32 Moving-MNIST clips -> 4 x 8 x 8 ids out of 256 (nar-video-mnist, raster-video-mnist).
+register_model("video-vq-mnist", VideoVQTokenizer, VideoVQConfig(
+    codebook_size=256, codebook_embed_dim=8, hidden=64, num_res_blocks=2),
+    weights=Weights.shipped("video-vq-mnist", "d5bb0e35a34cb445fa1fe9cd40550bc0cd35a9b7a3c8b18e97db5bd4250e30b4"))

@@ -33,6 +33,7 @@ from .card import device_name, model_card
 from .checkpoint import CHECKPOINT_NAME, LOG_NAME, resume, save_checkpoint, truncate_log
 from .config import TrainConfig
 from .data import GlobalBatchSampler, check_data, load_data
+from .heldout import heldout_metrics
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -212,7 +213,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int], None]] = None) -> 
 def _export(model: nn.Module, cfg: TrainConfig, kind: str, num_items: int, wall_s: float,
             device: str, final_loss: Optional[float], final: Path) -> Dict[str, Any]:
     """Write ``final/`` (weights + model card); returns the model's held-out metrics."""
-    metrics = model.heldout_metrics(cfg.data) if hasattr(model, "heldout_metrics") else {}
+    metrics = heldout_metrics(model, cfg.data)
     card = model_card(cfg, kind, num_items, wall_s, device, final_loss, metrics)
     atomic_write(final / "README.md", lambda p: Path(p).write_text(card))
     model.save_pretrained(final)
