@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
 
     if args.model:
         from vargen.pipeline import load_pipeline
-        model = load_pipeline(args.model).generator.eval()
+        model = load_pipeline(args.model).transformer.eval()
     elif args.checkpoint and os.path.exists(os.path.join(args.checkpoint, "config.json")):
         model = LlamaGen.from_pretrained(args.checkpoint).eval()
     else:

@@ -43,7 +43,7 @@ def evaluate(pipe_name: str, sampler, num_samples: int, batch_size: int, extract
     images, passes, per_sample = [], [], []
     for i in range(0, num_samples, batch_size):
         images.append(pipe.generate(labels[i:i + batch_size], seed=0, sample_offset=i, sampler=sampler,
-                                    batch_size=batch_size))
+                                    batch_size=batch_size, progress=False))
         passes.append(pipe.last_stats["forward_passes"])
         # Speculative samplers: passes each sample would need alone (what the papers report).
         per_sample += list(pipe.last_stats.get("per_sample_forward_passes", [passes[-1]] * len(images[-1])))

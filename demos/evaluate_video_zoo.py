@@ -92,7 +92,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, pipe in pipes.items():
             calls = []
-            hook = pipe.generator.layers[0].register_forward_hook(lambda *_: calls.append(1))
+            hook = pipe.transformer.layers[0].register_forward_hook(lambda *_: calls.append(1))
             t0 = time.perf_counter()
             cfg = {} if args.cfg_scale is None else {"cfg_scale": args.cfg_scale}
             clips = pipe.generate(labels, seed=0, batch_size=args.batch_size, **cfg)
@@ -102,7 +102,7 @@ def main() -> None:
     for name, pipe in pipes.items():
         clips, passes = clips_of[name]
         batches = -(-n // args.batch_size)
-        grid = pipe.generator.token_grid
+        grid = pipe.transformer.token_grid
         options = {**pipe.sampler_options, **({} if args.cfg_scale is None else {"cfg_scale": args.cfg_scale})}
         row = {"sampler": pipe.default_sampler, **options, "token_grid": list(grid),
                "passes_per_batch": passes / batches, "seconds_per_clip": round(min(seconds_of[name]) / n, 4),

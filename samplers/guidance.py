@@ -29,6 +29,10 @@ def full_precision(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Guidance:
+    # The options this component reads (its fields): they shape the distribution sampled, so a
+    # sampler taking them declares them as target options (``Sampler.distribution_options``).
+    OPTIONS = ("cfg_scale", "cfg_schedule", "cfg_interval")
+
     cfg_scale: float = 1.0
     cfg_schedule: str = "constant"
     cfg_interval: int = -1  # LlamaGen: tokens 0..cfg_interval+1 are guided, later ones not (-1: all)

@@ -13,6 +13,8 @@ from .guidance import CFG_SCHEDULES, Guidance, cfg_labels, full_precision  # noq
 
 @dataclass
 class LogitsFilter:
+    OPTIONS = ("temperature", "top_k", "top_p")  # its fields; target options as Guidance.OPTIONS
+
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -43,6 +45,8 @@ class LogitsFilter:
 @dataclass
 class LogitsProcessor(LogitsFilter, Guidance):
     """Guidance options (``cfg_*``) and filter options (``temperature``, ``top_k``, ``top_p``)."""
+
+    OPTIONS = Guidance.OPTIONS + LogitsFilter.OPTIONS
 
     def __post_init__(self):
         Guidance.__post_init__(self)

@@ -115,9 +115,9 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     folder = pipe.save_pretrained(tmp_path / "pipe")
     index = json.loads((folder / PIPELINE_INDEX).read_text())
     assert index["tokenizer"] == ["vargen", "VQTokenizer"]
-    assert index["generator"] == ["vargen", "LlamaGen"]
+    assert index["transformer"] == ["vargen", "LlamaGen"]
     assert index["sampler"] == "raster" and index["sampler_options"] == {"cfg_scale": 2.0, "top_k": 16}
-    assert sorted(p.name for p in folder.iterdir()) == ["generator", PIPELINE_INDEX, "tokenizer"]
+    assert sorted(p.name for p in folder.iterdir()) == [PIPELINE_INDEX, "tokenizer", "transformer"]
     assert [p.name for p in tmp_path.iterdir()] == ["pipe"]  # no temporary folder left over
     loaded = vargen.load_pipeline(str(folder))
     assert torch.equal(loaded([1, 5], seed=2, output_type="latent").images,  # the tokens, bit for bit
@@ -137,7 +137,7 @@ def test_killed_save_leaves_nothing(tmp_path, monkeypatch):
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # as a kill in the middle of writing the second model
-    monkeypatch.setattr(pipe.generator, "save_pretrained", killed)
+    monkeypatch.setattr(pipe.transformer, "save_pretrained", killed)
     with pytest.raises(KeyboardInterrupt):
         pipe.save_pretrained(tmp_path / "pipe")
     assert list(tmp_path.iterdir()) == []

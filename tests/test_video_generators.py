@@ -72,7 +72,7 @@ def test_raster_video_refuses_a_2d_position_scheme():
 @pytest.mark.parametrize("name, passes", [("nar-video-mnist", 4 + 8 + 8 - 2), ("raster-video-mnist", 4 * 8 * 8)])
 def test_shipped_video_pipeline_generates_clips(name, passes):
     pipe = vargen.load_pipeline(name)
-    calls = count_network_passes(pipe.generator)
+    calls = count_network_passes(pipe.transformer)
     clips = pipe.generate([3, 7], seed=0)
     assert clips.shape == (2, 3, 16, 32, 32)
     assert clips.min() >= -1 and clips.max() <= 1

@@ -1,18 +1,21 @@
-"""Pipelines bundle a tokenizer, a generator and a default sampler under one name.
+"""Pipelines bundle a tokenizer, a generator network and a default sampler under one name.
 
     >>> pipe = vargen.load_pipeline("nar-mnist")
     >>> images = pipe.generate([3, 1, 4], seed=0)        # [3, 3, 32, 32] in [-1, 1]
     >>> images = pipe.generate([3], seed=0, cfg_scale=3.0)  # sampler options per call
+    >>> pipe.transformer                                 # the network (diffusers' name), pipe.tokenizer
 
 Sample ``i`` of a call draws its noise from ``(seed, sample_offset + i)``, so the same seed
 gives the same image at any batch size.
 
-diffusers' call convention (``pipelines/dit/pipeline_dit.py``) sits on top of ``generate``::
+``generate`` and diffusers' call convention (``pipelines/dit/pipeline_dit.py``) are one door:
+the same arguments, defaults and checks, ``generate`` being ``pipe(..., output_type="pt")``'s
+tensor::
 
     >>> out = pipe([3, 1, 4], guidance_scale=2.0,
     ...            generator=[torch.Generator().manual_seed(i) for i in range(3)])
     >>> out.images                                       # 3 PIL images (``.videos``: video pipelines)
-    >>> pipe.save_pretrained("my-pipe")                  # pipeline.json + tokenizer/ + generator/
+    >>> pipe.save_pretrained("my-pipe")                  # pipeline.json + tokenizer/ + transformer/
     >>> pipe = vargen.load_pipeline("my-pipe", torch_dtype=torch.bfloat16)  # or a Hub repo id
 """
 from __future__ import annotations
@@ -31,11 +34,13 @@ from tqdm.auto import tqdm
 from vargen import checks
 from vargen.hub import atomic_dir, resolve_file
 from vargen.registry import (PipelineSpec, create_model, get_pipeline_spec, list_pipelines,  # noqa: F401
-                             model_class_named, register_pipeline)
+                             model_class_named)
 from vargen.seeding import SampleRNG
 
 PIPELINE_INDEX = "pipeline.json"  # diffusers' model_index.json: which component is which class
-COMPONENTS = ("tokenizer", "generator")
+COMPONENTS = ("tokenizer", "transformer")
+KINDS = {"tokenizer": "tokenizer", "transformer": "generator"}  # each component's registry kind
+OLD_NAMES = {"transformer": "generator"}  # key and folder in pipelines saved before the rename
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 _SEED_HIGH = 2 ** 63 - 1
 
@@ -58,12 +63,15 @@ class VideoPipelineOutput(BaseOutput):
 
 
 class Pipeline:
-    def __init__(self, tokenizer: torch.nn.Module, generator: torch.nn.Module, sampler: str = "raster",
+    """``tokenizer`` (pixels <-> tokens), ``transformer`` (the generator network the sampler drives,
+    diffusers' name for a DiT's denoiser) and the default ``sampler`` with its options."""
+
+    def __init__(self, tokenizer: torch.nn.Module, transformer: torch.nn.Module, sampler: str = "raster",
                  sampler_options: Optional[Dict[str, Any]] = None, name: str = ""):
         self.tokenizer = tokenizer.eval()
-        self.generator = generator.eval()
-        if getattr(generator, "uses_tokenizer", False):  # inputs embedded by the tokenizer (cont-AR + MingTok)
-            generator.attach_tokenizer(self.tokenizer)
+        self.transformer = transformer.eval()
+        if getattr(transformer, "uses_tokenizer", False):  # inputs embedded by the tokenizer (cont-AR + MingTok)
+            transformer.attach_tokenizer(self.tokenizer)
         self.default_sampler = sampler
         self.sampler_options = dict(sampler_options or {})
         self.name = name
@@ -71,17 +79,23 @@ class Pipeline:
         self._progress_bar_config: Dict[str, Any] = {}
 
     @property
+    def generator(self):
+        raise AttributeError("Pipeline.generator is pipe.transformer now (the network, diffusers' "
+                             "name); generator= of pipe(...) is the torch.Generator argument "
+                             "(one per sample)")
+
+    @property
     def device(self) -> torch.device:
-        return next(self.generator.parameters()).device
+        return next(self.transformer.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.generator.parameters()).dtype
+        return next(self.transformer.parameters()).dtype
 
     @property
     def is_video(self) -> bool:
-        """Whether the generator samples a ``(T, H, W)`` token grid (clips, not images)."""
-        return len(self.generator.token_grid) == 3
+        """Whether the network samples a ``(T, H, W)`` token grid (clips, not images)."""
+        return len(self.transformer.token_grid) == 3
 
     def to(self, *args: Any, device: Union[str, torch.device, None] = None,
            dtype: Optional[torch.dtype] = None) -> "Pipeline":
@@ -95,12 +109,13 @@ class Pipeline:
                 device = arg
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
-        for model in (self.tokenizer, self.generator):
+        for model in (self.tokenizer, self.transformer):
             model.to(device=device, dtype=dtype)
         return self
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
-        """tqdm options of ``__call__``'s bar, as diffusers (``disable=True`` switches it off)."""
+        """tqdm options of the sampling bar, as diffusers (``disable=True`` switches it off; a
+        call's ``progress=`` wins for that call)."""
         self._progress_bar_config = dict(kwargs)
 
     def progress_bar(self, total: int, **overrides: Any) -> tqdm:
@@ -109,43 +124,100 @@ class Pipeline:
         return tqdm(total=total, **options)
 
     def make_sampler(self, sampler: Any = None, **options: Any):
-        from vargen.samplers import Sampler, create_sampler
+        """A sampler: ``sampler`` (a name, default the pipeline's, or a ``Sampler`` instance as it
+        is) with the pipeline's options under ``options``. Another sampler than the default keeps
+        the defaults that both declare as defining the target distribution (CFG, temperature,
+        top-k/p: :meth:`Sampler.carried_options`), not the default's sampling settings."""
+        from vargen.samplers import SAMPLERS, Sampler, create_sampler
         if isinstance(sampler, Sampler):
             if options:
                 raise ValueError("pass options either to the Sampler instance or to generate, not both")
             return sampler
         name = sampler or self.default_sampler
         defaults = self.sampler_options
-        if name != self.default_sampler:
-            # Another sampler keeps the pipeline's target distribution (CFG, temperature, top-k/p).
-            from dataclasses import fields
-            from vargen.samplers import LogitsProcessor
-            shared = {f.name for f in fields(LogitsProcessor)}
-            defaults = {k: v for k, v in defaults.items() if k in shared}
+        if name != self.default_sampler and name in SAMPLERS:  # an unknown name: create_sampler's error
+            defaults = SAMPLERS[name].carried_options(defaults, SAMPLERS.get(self.default_sampler))
         return create_sampler(name, **{**defaults, **options})
 
     @torch.no_grad()
-    def generate(self, class_labels: Union[Sequence[int], torch.Tensor], seed: int = 0,
+    def generate(self, class_labels: Union[int, Sequence[int], torch.Tensor], seed: Optional[int] = None,
                  sample_offset: int = 0, sampler: Any = None, batch_size: int = 64,
-                 progress: bool = False, **sampling_options: Any) -> torch.Tensor:
-        """Images ``[B, 3, H, W]`` in [-1, 1] for ``class_labels`` (a sequence or 1-D tensor of ints)."""
-        labels = _labels(class_labels)
-        seed = checks.seed(seed)
+                 progress: Optional[bool] = None, **sampler_options: Any) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` (clips ``[B, 3, T, H, W]``) in [-1, 1] for ``class_labels``:
+        ``pipe(class_labels, ..., output_type="pt").images``, the same arguments and defaults
+        (see :meth:`__call__`; ``generator=``, ``guidance_scale=`` and ``num_inference_steps=`` too)."""
+        return self._run(class_labels, "pt", seed, sample_offset, sampler, batch_size, progress,
+                         sampler_options)
+
+    @torch.no_grad()
+    def __call__(self, class_labels: Union[int, Sequence[int], torch.Tensor],
+                 num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
+                 generator: Union[torch.Generator, Sequence[torch.Generator], None] = None,
+                 seed: Optional[int] = None, output_type: str = "pil", return_dict: bool = True,
+                 sampler: Any = None, batch_size: int = 64, *, sample_offset: int = 0,
+                 progress: Optional[bool] = None, **sampler_options: Any):
+        """diffusers' call (``DiTPipeline.__call__``): ``.images`` (``.videos``) for ``class_labels``.
+
+        ``guidance_scale`` is the sampler's ``cfg_scale``; ``num_inference_steps`` a flow sampler's
+        ``num_steps`` (a discrete sampler has no steps to set). Randomness is per sample: pass
+        ``generator`` as a list of ``torch.Generator``, one per label (sample ``i`` depends only on
+        ``generator[i]``, at any batch composition), or ``seed`` (sample ``i`` from ``(seed,
+        sample_offset + i)``); with neither, a seed is drawn from torch's global RNG
+        (``torch.manual_seed`` makes it reproducible). ``output_type``: ``"pil"``, ``"np"`` ([0, 1],
+        channels last), ``"pt"`` (exactly ``generate``'s [-1, 1] tensor) or ``"latent"`` (the
+        tokens). ``return_dict=False`` gives a one-element tuple. ``progress``: the bar for this
+        call (default: :meth:`set_progress_bar_config`'s, on unless disabled). Other keywords are
+        sampler options (``top_k=``, ``method=``). Every argument, the class labels (once, on the
+        host) included, is checked before the network runs.
+        """
+        options = dict(sampler_options, generator=generator, guidance_scale=guidance_scale,
+                       num_inference_steps=num_inference_steps)
+        result = self._run(class_labels, output_type, seed, sample_offset, sampler, batch_size,
+                           progress, options)
+        if not return_dict:
+            return (result,)
+        if self.is_video:
+            return VideoPipelineOutput(videos=result)
+        return ImagePipelineOutput(images=result)
+
+    def _run(self, class_labels: Any, output_type: str, seed: Optional[int], sample_offset: int,
+             sampler: Any, batch_size: int, progress: Optional[bool], options: Dict[str, Any]) -> Any:
+        """The one path of ``generate`` and ``__call__``: all arguments checked, then the batches
+        sampled and decoded; ``options`` holds the sampler options and ``generator``,
+        ``guidance_scale``, ``num_inference_steps`` (None: not given)."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        labels = self._labels(class_labels)
+        batch_size = checks.number("batch_size", batch_size, minimum=1, integer=True)
         sample_offset = checks.number("sample_offset", sample_offset, minimum=0, integer=True)
-        return self._sample(labels, lambda start, n: SampleRNG(
-            seed, range(sample_offset + start, sample_offset + start + n), device=self.device),
-            self.make_sampler(sampler, **sampling_options), batch_size, {"disable": not progress})
+        generator = options.pop("generator", None)
+        options = self._sampler_options(sampler, options)
+        rng_for = self._rng_source(len(labels), generator, seed, sample_offset)
+        sampler = self.make_sampler(sampler, **options)
+        decoded = self._sample(labels, rng_for, sampler, batch_size, progress,
+                               decode=output_type != "latent")
+        return decoded if output_type in ("pt", "latent") else _postprocess(decoded, output_type)
+
+    def _labels(self, class_labels: Union[int, Sequence[int], torch.Tensor]) -> torch.Tensor:
+        """The call's one label check, on the host: a device tensor is copied once, then read
+        there; batches go to the device afterwards, already checked."""
+        from vargen.samplers.base import check_class_labels
+        if torch.is_tensor(class_labels):
+            class_labels = class_labels.cpu()
+        labels = check_class_labels(self.transformer, class_labels, scalar=True)
+        if labels.numel() == 0:
+            raise ValueError("class_labels is empty: pass at least one class id")
+        return labels
 
     def _sample(self, labels: torch.Tensor, rng_for: Callable[[int, int], SampleRNG], sampler: Any,
-                batch_size: int, bar_options: Dict[str, Any], decode: bool = True) -> torch.Tensor:
-        """The loop of ``generate`` and ``__call__``; ``rng_for(start, n)`` seeds labels
+                batch_size: int, progress: Optional[bool], decode: bool = True) -> torch.Tensor:
+        """The batch loop; ``labels`` checked (on the host), ``rng_for(start, n)`` seeds labels
         ``start .. start + n``."""
-        batch_size = checks.number("batch_size", batch_size, minimum=1, integer=True)
         out, passes = [], 0
-        with self.progress_bar(len(labels), **bar_options) as bar:
+        with self.progress_bar(len(labels), **({} if progress is None else {"disable": not progress})) as bar:
             for start in range(0, len(labels), batch_size):
-                chunk = labels[start:start + batch_size].to(self.device)
-                tokens = sampler(self.generator, chunk, rng_for(start, len(chunk)))
+                chunk = labels[start:start + batch_size]
+                tokens = sampler(self.transformer, chunk, rng_for(start, len(chunk)), labels_checked=True)
                 passes += sampler.stats.get("forward_passes", 0)
                 out.append(self.tokenizer.decode(tokens).clamp(-1, 1).float().cpu() if decode
                            else tokens.cpu())
@@ -153,53 +225,22 @@ class Pipeline:
         self.last_stats = {**sampler.stats, "forward_passes_total": passes}
         return torch.cat(out)
 
-    @torch.no_grad()
-    def __call__(self, class_labels: Union[int, Sequence[int], torch.Tensor],
-                 num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
-                 generator: Union[torch.Generator, Sequence[torch.Generator], None] = None,
-                 seed: Optional[int] = None, output_type: str = "pil", return_dict: bool = True,
-                 sampler: Any = None, batch_size: int = 64, **sampler_options: Any):
-        """diffusers' call (``DiTPipeline.__call__``): ``.images`` (``.videos``) for ``class_labels``.
-
-        ``guidance_scale`` is the sampler's ``cfg_scale``; ``num_inference_steps`` a flow sampler's
-        ``num_steps`` (a discrete sampler has no steps to set). Randomness is per sample: pass
-        ``generator`` as a list of ``torch.Generator``, one per label (sample ``i`` depends only on
-        ``generator[i]``, at any batch composition), or ``seed`` (as ``generate(seed=)``); with
-        neither, a seed is drawn from torch's global RNG (``torch.manual_seed`` makes it
-        reproducible). ``output_type``: ``"pil"``, ``"np"`` ([0, 1], channels last), ``"pt"``
-        (exactly ``generate``'s [-1, 1] tensor) or ``"latent"`` (the tokens). ``return_dict=False``
-        gives a one-element tuple. Other keywords are sampler options (``top_k=``, ``method=``).
-        """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        labels = _labels(class_labels)
-        options = self._call_options(sampler, num_inference_steps, guidance_scale, sampler_options)
-        rng_for = self._rng_source(len(labels), generator, seed)
-        sampler = self.make_sampler(sampler, **options)
-        decoded = self._sample(labels, rng_for, sampler, batch_size, {}, decode=output_type != "latent")
-        result = decoded if output_type in ("pt", "latent") else _postprocess(decoded, output_type)
-        if not return_dict:
-            return (result,)
-        if self.is_video:
-            return VideoPipelineOutput(videos=result)
-        return ImagePipelineOutput(images=result)
-
-    def _call_options(self, sampler: Any, num_inference_steps: Optional[int],
-                      guidance_scale: Optional[float], options: Dict[str, Any]) -> Dict[str, Any]:
+    def _sampler_options(self, sampler: Any, options: Dict[str, Any]) -> Dict[str, Any]:
         """diffusers' argument names -> the sampler's (``num_steps``, ``cfg_scale``), refused by name
-        where the sampler has no such option."""
-        from vargen.samplers import SAMPLERS
+        where the sampler (class) does not declare such an option."""
+        from vargen.samplers import SAMPLERS, Sampler
         name = getattr(sampler, "name", None) or sampler or self.default_sampler
-        accepted = SAMPLERS[name].option_names() if name in SAMPLERS else []  # make_sampler refuses
+        cls = type(sampler) if isinstance(sampler, Sampler) else SAMPLERS.get(name)
+        accepted = cls.option_names() if cls is not None else []  # an unknown name: make_sampler refuses
         options = dict(options)
-        for argument, option, value in (("num_inference_steps", "num_steps", num_inference_steps),
-                                        ("guidance_scale", "cfg_scale", guidance_scale)):
+        for argument, option in (("num_inference_steps", "num_steps"), ("guidance_scale", "cfg_scale")):
+            value = options.pop(argument, None)
             if value is None:
                 continue
             if option in options:
                 raise ValueError(f"pass {argument} or {option}, not both")
             if option not in accepted:
-                takers = sorted(n for n, cls in SAMPLERS.items() if option in cls.option_names())
+                takers = sorted(n for n, c in SAMPLERS.items() if option in c.option_names())
                 why = ("it is discrete, its forward passes are fixed by the token grid"
                        if option == "num_steps" else f"it has no {option}")
                 raise ValueError(f"{argument} does not apply to the {name!r} sampler: {why}; "
@@ -209,8 +250,8 @@ class Pipeline:
             options[option] = value
         return options
 
-    def _rng_source(self, n: int, generator: Any,
-                    seed: Optional[int]) -> Callable[[int, int], SampleRNG]:
+    def _rng_source(self, n: int, generator: Any, seed: Optional[int],
+                    sample_offset: int = 0) -> Callable[[int, int], SampleRNG]:
         """``rng_for(start, count)`` for labels ``start..start+count`` of a call of ``n`` labels."""
         if generator is not None and seed is not None:
             raise ValueError("pass generator (a list, one per sample) or seed, not both")
@@ -218,7 +259,11 @@ class Pipeline:
             if seed is None:
                 seed = int(torch.randint(_SEED_HIGH, (1,)))  # torch's global RNG, like diffusers
             seed = checks.seed(seed)
-            return lambda start, count: SampleRNG(seed, range(start, start + count), device=self.device)
+            return lambda start, count: SampleRNG(
+                seed, range(sample_offset + start, sample_offset + start + count), device=self.device)
+        if sample_offset:
+            raise ValueError("sample_offset numbers the samples of seed=; a generator list seeds "
+                             "each sample itself: pass one or the other")
         if isinstance(generator, torch.Generator):
             if n != 1:
                 raise ValueError(f"generator: one torch.Generator cannot seed {n} samples one by one; "
@@ -238,7 +283,7 @@ class Pipeline:
 
     def save_pretrained(self, save_directory: Union[str, Path]) -> Path:
         """Write ``pipeline.json`` (component classes, sampler and options) plus ``tokenizer/`` and
-        ``generator/`` (each model's ``save_pretrained``), atomically: a killed save leaves
+        ``transformer/`` (each model's ``save_pretrained``), atomically: a killed save leaves
         nothing. An existing folder is replaced only if it is empty or a saved pipeline."""
         target = Path(save_directory)
         if target.exists() and (not target.is_dir() or (any(target.iterdir())
@@ -255,13 +300,6 @@ class Pipeline:
                 getattr(self, component).save_pretrained(folder / component)
             (folder / PIPELINE_INDEX).write_text(text)
         return atomic_dir(target, write)
-
-
-def _labels(class_labels: Union[int, Sequence[int], torch.Tensor]) -> torch.Tensor:
-    labels = checks.class_labels(class_labels, name="class_labels", scalar=True)  # the range: the sampler's check
-    if labels.numel() == 0:
-        raise ValueError("class_labels is empty: pass at least one class id")
-    return labels
 
 
 def _postprocess(pixels: torch.Tensor, output_type: str) -> Union[np.ndarray, List[Any]]:
@@ -298,8 +336,8 @@ def load_pipeline(name: str, pretrained: bool = True, device: Union[str, torch.d
     if name in list_pipelines():
         spec = get_pipeline_spec(name)
         tokenizer = create_model(spec.tokenizer, pretrained=tokenizer_weights or pretrained)
-        generator = create_model(spec.generator, pretrained=generator_weights or pretrained)
-        pipe = Pipeline(tokenizer, generator, spec.sampler, spec.sampler_options, name)
+        transformer = create_model(spec.generator, pretrained=generator_weights or pretrained)
+        pipe = Pipeline(tokenizer, transformer, spec.sampler, spec.sampler_options, name)
     else:
         if tokenizer_weights is not None or generator_weights is not None or pretrained is not True:
             raise ValueError("pretrained, tokenizer_weights and generator_weights apply to registered "
@@ -310,7 +348,8 @@ def load_pipeline(name: str, pretrained: bool = True, device: Union[str, torch.d
 
 
 def _load_saved(source: str, **hub_kwargs: Any) -> Pipeline:
-    """A :meth:`Pipeline.save_pretrained` folder or Hub repo (any other name: the registry's error)."""
+    """A :meth:`Pipeline.save_pretrained` folder or Hub repo (any other name: the registry's error);
+    one saved before the network was ``transformer`` (key and folder ``generator``) too."""
     if not os.path.isdir(source) and source.count("/") != 1:
         get_pipeline_spec(source)  # unknown pipeline: names the registered ones
     index_path = Path(resolve_file(source, PIPELINE_INDEX, **hub_kwargs))  # clear error if absent
@@ -325,12 +364,13 @@ def _load_saved(source: str, **hub_kwargs: Any) -> Pipeline:
         raise ValueError(f"cannot read {index_path}: {e}") from e
     models = {}
     for component in COMPONENTS:
-        entry = index.get(component)
+        key = component if component in index else OLD_NAMES.get(component, component)
+        entry = index.get(key)
         if not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "vargen"):
             raise ValueError(f"{index_path}: {component!r} must be [\"vargen\", CLASS], got {entry!r}")
-        cls = model_class_named(entry[1], kind=component, where=str(index_path))
-        models[component] = cls.from_pretrained(folder / component)
-    return Pipeline(models["tokenizer"], models["generator"], index.get("sampler", "raster"),
+        cls = model_class_named(entry[1], kind=KINDS[component], where=str(index_path))
+        models[component] = cls.from_pretrained(folder / key)
+    return Pipeline(models["tokenizer"], models["transformer"], index.get("sampler", "raster"),
                     index.get("sampler_options", {}), index.get("name", ""))
 
 
