@@ -21,7 +21,7 @@ import vargen
 from vargen.cli import main as cli_main
 from vargen.data import cache
 from vargen.training import CHECKPOINT_NAME, GlobalBatchSampler, TrainConfig, lr_at, train
-from vargen.training import recipes
+from vargen import recipes
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
