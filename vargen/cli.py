@@ -50,6 +50,16 @@ def check_output(path: str) -> None:
         image_format(path)
 
 
+def check_output_kind(path: str, is_video: bool) -> None:
+    """Fail before sampling on an ``--out`` of the wrong kind for the pipeline (write_samples' checks)."""
+    from vargen.video import VIDEO_FORMATS
+    suffix = Path(path).suffix.lower()
+    if is_video and suffix not in VIDEO_FORMATS:
+        raise ValueError(f"this pipeline generates videos: write them to a .mp4 or .gif, not {path}")
+    if not is_video and suffix == ".mp4":
+        raise ValueError(f"this pipeline generates images: write them to a .png / .jpg grid, not {path}")
+
+
 def write_samples(samples, path: str, nrow: int, fps: float = 8.0) -> str:
     """Images ``[B, 3, H, W]`` as one grid image; videos ``[B, 3, T, H, W]`` as one clip (.mp4 /
     .gif, a grid of clips when B > 1). Returns "images" or "videos"."""
@@ -99,6 +109,7 @@ def _add_sample(sub):
         from vargen.speed import load_fast_pipeline
         pipe = load_fast_pipeline(args.model, device, args.dtype, args.compile)
         checks.class_labels(args.classes, pipe.transformer.num_classes, name=f"--classes ({args.model})")
+        check_output_kind(args.out, pipe.is_video)
         options = sampling_options(args)
         pipe.make_sampler(args.sampler, **options)  # a refused option fails before sampling
         labels = [c for c in args.classes for _ in range(args.per_class)]
@@ -114,7 +125,7 @@ def _add_sample(sub):
 
 # Subcommands defined elsewhere, imported when the parser is built: "module:function" adding
 # the subcommand's parser, or a module whose @command functions add theirs on import.
-PLUGINS = ("vargen.training.cli:add_parser", "vargen.eval.cli")
+PLUGINS = ("vargen.training.cli:add_parser", "vargen.eval.cli", "vargen.demo:add_parser")
 
 
 def _load_plugin_commands() -> None:
