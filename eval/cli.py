@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from vargen.checks import cli_number
+from vargen.checks import MAX_IMAGE_SIZE, cli_number
 from vargen.cli import command
 
 POSITIVE = cli_number(integer=True, minimum=1)
@@ -93,11 +93,16 @@ def _add_ref_stats(sub):
     p = sub.add_parser("ref-stats", help="write ADM-style reference statistics (mu/sigma, mu_s/sigma_s)")
     p.add_argument("dataset", help="dataset name (mnist:heldout), image folder or .npz")
     p.add_argument("out", help="output .npz")
-    p.add_argument("--save-every", type=int, default=5000,
+    p.add_argument("--save-every", type=POSITIVE, default=5000,
                    help="save resumable progress (OUT.progress) every N images; a rerun continues from it")
     _add_inception_args(p)
 
+    p.set_defaults(resumable=True)  # Ctrl-C: a rerun continues from OUT.progress
+
     def run(args):
+        if not args.out.endswith(".npz"):
+            raise ValueError(f"out {args.out}: reference statistics are an ADM-style .npz (vargen fid reads "
+                             f"only that); name it OUT.npz")
         _check_outputs(args, "out")
         from vargen.eval.inception import InceptionFeatures
         from vargen.eval.metrics import reference_statistics
@@ -140,7 +145,8 @@ def _add_recon(sub):
     p = sub.add_parser("recon", help="reconstruction metrics of a tokenizer: rFID, PSNR, SSIM (LPIPS if available)")
     p.add_argument("--tokenizer", required=True, help="registered tokenizer with weights, or a save_pretrained folder")
     p.add_argument("--data", default="mnist:heldout", help="dataset (mnist:heldout) or image folder")
-    p.add_argument("--image-size", type=POSITIVE, default=32)
+    p.add_argument("--image-size", type=cli_number(integer=True, minimum=1, maximum=MAX_IMAGE_SIZE),
+                   default=32)
     p.add_argument("--no-fid", dest="fid", action="store_false", help="skip rFID (no Inception pass)")
     p.add_argument("--fid-reference", default=None,
                    help="ref-stats .npz of the same images (shares one Inception pass over the originals)")

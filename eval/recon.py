@@ -72,10 +72,30 @@ def lpips_weights() -> Optional[Path]:
     return path if path.is_file() else None
 
 
-@torch.no_grad()
-def lpips(reconstructions: torch.Tensor, images: torch.Tensor, batch_size: int = 100) -> float:
+def _hub_cache_state_dict(url: str, *args: Any, **kwargs: Any) -> Dict[str, torch.Tensor]:
+    """What torchvision's ``load_state_dict_from_url`` returns, read from torch's hub cache only:
+    the hash its file name pins is checked on every load and the file is read ``weights_only=True``
+    (:func:`vargen.loaders.load_torch_hub_file`); nothing is downloaded."""
+    from vargen.loaders import load_torch_hub_file
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} (from {url}) is not in torch's hub cache; LPIPS needs it")
+    return load_torch_hub_file(path)
+
+
+def lpips_metric(net_type: str = "alex") -> nn.Module:
+    """torchmetrics' LPIPS with its torchvision backbone read by :func:`_hub_cache_state_dict`
+    (torchvision itself would unpickle the cached file with ``weights_only=False``)."""
+    from unittest import mock
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-    metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=False)
+    with mock.patch("torchvision.models._api.load_state_dict_from_url", _hub_cache_state_dict):
+        return LearnedPerceptualImagePatchSimilarity(net_type=net_type, normalize=False)
+
+
+@torch.no_grad()
+def lpips(reconstructions: torch.Tensor, images: torch.Tensor, batch_size: int = 100,
+          metric: Optional[nn.Module] = None) -> float:
+    metric = lpips_metric("alex") if metric is None else metric
     for x, y in zip(reconstructions.split(batch_size), images.split(batch_size)):
         metric.update(x.float(), y.float())
     return metric.compute().item()
@@ -94,6 +114,7 @@ def reconstruction_metrics(tokenizer: nn.Module, data: Union[str, torch.Tensor] 
     Inception pass over the originals). ``extractor`` replaces the Inception network (tests).
     """
     from vargen.data import cache, get_dataset
+    checks.image_size("image_size", image_size)
     images = data if isinstance(data, torch.Tensor) else \
         cache.dataset_tensors(get_dataset(data, "heldout", image_size))["images"]
     batch_size = checks.number("batch_size", batch_size, minimum=1, integer=True)
@@ -104,6 +125,7 @@ def reconstruction_metrics(tokenizer: nn.Module, data: Union[str, torch.Tensor] 
     if device is not None:
         device = checks.device(device, "device")
         tokenizer = tokenizer.to(device)
+    lpips_net = lpips_metric("alex") if lpips_weights() is not None else None  # its file checked before work
     recon = reconstruct(tokenizer, images, batch_size)
     psnr, ssim = psnr_ssim(recon, images)
     result: Dict[str, Any] = {"num_images": len(images), "psnr": psnr.mean().item(), "ssim": ssim.mean().item()}
@@ -115,8 +137,8 @@ def reconstruction_metrics(tokenizer: nn.Module, data: Union[str, torch.Tensor] 
         result["rfid"] = fid_result["fid"]
         result["inception_weights"] = fid_result["inception_weights"]
         result["random_weights"] = fid_result["random_weights"]
-    if lpips_weights() is not None:
-        result["lpips"] = lpips(recon, images, batch_size)
+    if lpips_net is not None:
+        result["lpips"] = lpips(recon, images, batch_size, lpips_net)
     else:
         result["lpips"] = None
         result["lpips_note"] = (f"not computed: LPIPS needs torchvision's ImageNet AlexNet ({ALEXNET_FILE} in "

@@ -257,12 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(p)
     add_speed_arguments(p)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--allow-long-run", action="store_true",
+                   help=f"allow more than {MAX_SAMPLES:,} samples (4x the 50k of the FID protocol)")
+    p.set_defaults(resumable=True)  # Ctrl-C: a rerun continues from the written shards
     return p
+
+
+# The most samples without --allow-long-run: 4x the 50k of ADM's FID protocol.
+MAX_SAMPLES = 200_000
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line; returns its exit status (2 with one line on stderr for a user error)."""
     def run(args: argparse.Namespace) -> None:
+        if args.num_samples > MAX_SAMPLES and not args.allow_long_run:
+            raise ValueError(f"--num-samples {args.num_samples:,} is more than {MAX_SAMPLES:,} (4x the FID "
+                             f"protocol's 50k) and may run for days; pass --allow-long-run to start it anyway")
         checks.output_folder(args.out, "--out")
         rank, world_size, device = init_distributed()
         try:

@@ -127,9 +127,21 @@ def load_npz(path: Union[str, Path]) -> Dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     try:
-        return np.load(path)
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        data = np.load(path)
+        for name in data.files:  # headers only: a pickled (object) array is refused naming the file
+            with data.zip.open(f"{name}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)(member)
+            if header[2].hasobject:
+                pickled = name
+                break
+        else:
+            return data
+    except (zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
         raise ValueError(f"{path} is not a readable .npz file: {e}") from e
+    raise ValueError(f"{path}: array {pickled!r} holds pickled Python objects, which are never unpickled; "
+                     f"expected numeric arrays")
 
 
 def load_stats(path: Union[str, Path]) -> Optional[Dict[str, Any]]:

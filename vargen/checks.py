@@ -120,6 +120,16 @@ def class_labels(labels: Any, num_classes: Optional[int] = None, *, name: str = 
     return labels.long()
 
 
+# The largest image side any command accepts: 4x the largest zoo resolution (1024).
+MAX_IMAGE_SIZE = 4096
+
+
+def image_size(name: str, value: Any) -> int:
+    """A positive integer image side, at most :data:`MAX_IMAGE_SIZE` (a larger one would allocate
+    without end before failing)."""
+    return number(name, value, minimum=1, maximum=MAX_IMAGE_SIZE, integer=True)
+
+
 def finite(name: str, x: Any):
     """``x`` (tensor or numpy array) unchanged if it has no NaN or inf, else a ValueError counting them."""
     import numpy as np
@@ -222,3 +232,39 @@ def device(spec: Any = None, name: str = "--device"):
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"{name} {spec}: vargen runs on cpu, cuda or mps")
     return dev
+
+
+class OutputWatch:
+    """The output check of a sampling call: forward hooks on the network's direct children
+    (embeddings, trunk, head) OR a NaN flag on the device, read once per batch with the finished
+    tokens (whose copy to the host syncs anyway), along with the latents' finiteness. NaN logits
+    would otherwise become identical ids for every sample (argmax / top-k of NaN), not an error."""
+
+    def __init__(self, network: "torch.nn.Module"):
+        self.network, self.flag, self.handles = network, None, []
+
+    def _hook(self, module: "torch.nn.Module", inputs: Any, output: Any) -> None:
+        import torch
+        if torch.compiler.is_compiling():
+            return  # compiled steps: only the latents are checked
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if torch.is_tensor(t) and t.is_floating_point():
+                nan = torch.isnan(t).any()
+                self.flag = nan if self.flag is None else self.flag | nan
+
+    def __enter__(self) -> "OutputWatch":
+        self.handles = [child.register_forward_hook(self._hook) for child in self.network.children()]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def check(self, tokens: "torch.Tensor", start: int, n: int) -> None:
+        import torch
+        nan = self.flag is not None and bool(self.flag)
+        if nan or (tokens.is_floating_point() and not bool(torch.isfinite(tokens).all())):
+            what = "NaN activations/logits" if nan else "non-finite latents"
+            raise FloatingPointError(
+                f"{type(self.network).__name__} produced {what} for samples {start}..{start + n - 1}: its "
+                f"weights are corrupt or its dtype overflows (try --dtype float32); no images returned")

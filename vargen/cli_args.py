@@ -16,8 +16,10 @@ from vargen.checks import cli_number
 # Numbers are checked as they are parsed (NaN, inf and out-of-range values are usage errors).
 SAMPLING_OPTIONS: Dict[str, dict] = {
     "cfg_scale": dict(type=cli_number(minimum=0)),
-    "cfg_schedule": dict(choices=("constant", "linear")),
-    "num_steps": dict(type=cli_number(integer=True, minimum=1), help="flow steps per entity (xAR) or token"),
+    "cfg_schedule": dict(choices=("constant", "linear", "pow-cosine")),
+    "cfg_power": dict(type=cli_number(minimum=0), help="exponent of the pow-cosine CFG schedule (RAR)"),
+    "num_steps": dict(type=cli_number(integer=True, minimum=1, maximum=10000),
+                      help="flow steps per entity (xAR) or token (at most 10000)"),
     "temperature": dict(type=cli_number(minimum=0)),
     "top_k": dict(type=cli_number(integer=True, minimum=0)),
     "top_p": dict(type=cli_number(above=0, maximum=1)),
@@ -55,8 +57,8 @@ def _user_error_types() -> tuple:
     unwritable / corrupt files, refused or unsafe weights, NaN losses."""
     import pickle
     import zipfile
-    types = [KeyError, ValueError, TypeError, OSError, EOFError, ArithmeticError, zipfile.BadZipFile,
-             pickle.UnpicklingError]
+    types = [KeyError, ValueError, TypeError, OSError, EOFError, ArithmeticError, MemoryError,
+             zipfile.BadZipFile, pickle.UnpicklingError]
     for module, name in (("vargen.hub", "WeightsError"), ("safetensors", "SafetensorError")):
         loaded = sys.modules.get(module)  # never imported here: `vargen list` stays free of torch
         if loaded is not None and hasattr(loaded, name):
@@ -88,7 +90,9 @@ def run_command(parser: argparse.ArgumentParser, argv: Optional[List[str]],
                 run: Callable[[argparse.Namespace], Any]) -> int:
     """The shared entry of every vargen command line: parse ``argv`` and ``run(args)``, returning
     the exit status. A usage error or a user error is one line ``prog: error: ...`` on stderr and
-    status 2; anything else (a bug) propagates with its traceback."""
+    status 2; Ctrl-C is one line ``prog: interrupted`` (``; resume with the same command`` where
+    the parser sets ``resumable=True``) and status 130; anything else (a bug) propagates with its
+    traceback."""
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # usage errors (2) and --help (0): a status, as every other outcome
@@ -98,6 +102,12 @@ def run_command(parser: argparse.ArgumentParser, argv: Optional[List[str]],
     try:
         run(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT; writes are atomic
+        _close_progress_bars()
+        sys.stderr.flush()
+        again = "; resume with the same command" if getattr(args, "resumable", False) else ""
+        print(f"{prog}: interrupted{again}", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `vargen list | head`: the reader left; stop quietly, as cat does
         _silence_stdout()
         return 141  # 128 + SIGPIPE, the status a shell reports for a command its pipe closed

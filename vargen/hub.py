@@ -15,7 +15,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Any, Callable, Dict, Mapping, Optional, Type, TypeVar, Union
@@ -26,6 +25,9 @@ from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download, tr
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from vargen.atomic import atomic_dir, atomic_write, recover_dir  # noqa: F401 (re-exported)
+from vargen.loaders import WeightsError, check_tensors, torch_load
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -41,10 +43,6 @@ EMA_FIRST_LAYOUTS = ("model_ema", "ema", "model", "module", "state_dict")
 
 T = TypeVar("T", bound="VargenModule")
 StateDict = Dict[str, torch.Tensor]
-
-
-class WeightsError(RuntimeError):
-    """Weights that cannot be loaded: corrupt file, wrong checksum, missing or extra keys."""
 
 
 class VargenModule(nn.Module, PyTorchModelHubMixin, library_name="vargen",
@@ -138,6 +136,12 @@ def resolve_file(source: str, filename: str, **hub_kwargs: Any) -> str:
             raise FileNotFoundError(f"{filename} not found in folder {source}")
         return path
     if os.path.exists(source) or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        if not os.path.exists(source):
+            recover_dir(Path(source))  # a save killed between its renames left the old copy aside
+            if os.path.isdir(source):
+                return resolve_file(source, filename, **hub_kwargs)
+            raise FileNotFoundError(f"folder {source} does not exist (expected a folder written by "
+                                    f"save_pretrained, holding {filename}; a Hub repo id has one '/')")
         raise FileNotFoundError(f"{source!r} is neither a folder with {filename} nor a Hub repo id")
     offline = constants.HF_HUB_OFFLINE or hub_kwargs.get("local_files_only")
     if not offline:
@@ -219,8 +223,7 @@ def load_official_checkpoint(path: Union[str, Path], prefer_ema: bool = False) -
     if path.endswith(".safetensors"):
         return load_safetensors(path)
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path, allowed=(argparse.Namespace,))
     except Exception as e:  # torch raises several types for truncated or unsafe pickles
         raise WeightsError(f"cannot read checkpoint {path} with weights_only=True: {e}") from e
     if not isinstance(obj, dict):
@@ -262,6 +265,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         if shapes:
             parts.append(f"shape mismatches ({len(shapes)}): {shapes[:10]}")
         raise WeightsError("\n  ".join(parts))
+    check_tensors(state_dict, source, expected)  # NaN / inf, or floats where the model holds ints
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -310,45 +314,3 @@ def load_registered(entry: Any, config: Any) -> nn.Module:
     return load_from(entry.model_cls, config, path, converter=weights.converter,
                      sha256=weights.sha256, prefer_ema=weights.prefer_ema,
                      official_safetensors=weights.official_safetensors)
-
-
-def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    """Write through a temporary file in the same folder, then rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        # After writing: mkstemp's 0600 would survive the rename, and some writers (safetensors)
-        # recreate the file with 0600 themselves.
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_dir(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Fill a temporary sibling folder with ``write(tmp)``, then rename it to ``path``: a killed
-    save leaves no half-written folder. An existing ``path`` is moved aside first and removed
-    after the rename (the caller decides whether it may be replaced)."""
-    import shutil
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = tmp.with_suffix(".old")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would survive the rename
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, old):
-            if leftover.exists():
-                shutil.rmtree(leftover)
-    return path

@@ -32,7 +32,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
 from vargen import checks
-from vargen.hub import atomic_dir, resolve_file
+from vargen.hub import atomic_dir, recover_dir, resolve_file
 from vargen.registry import (PipelineSpec, create_model, get_pipeline_spec, list_pipelines,  # noqa: F401
                              model_class_named)
 from vargen.seeding import SampleRNG
@@ -214,10 +214,12 @@ class Pipeline:
         """The batch loop; ``labels`` checked (on the host), ``rng_for(start, n)`` seeds labels
         ``start .. start + n``."""
         out, passes = [], 0
-        with self.progress_bar(len(labels), **({} if progress is None else {"disable": not progress})) as bar:
+        with self.progress_bar(len(labels), **({} if progress is None else {"disable": not progress})) as bar, \
+                checks.OutputWatch(self.transformer) as watch:
             for start in range(0, len(labels), batch_size):
                 chunk = labels[start:start + batch_size]
                 tokens = sampler(self.transformer, chunk, rng_for(start, len(chunk)), labels_checked=True)
+                watch.check(tokens, start, len(chunk))
                 passes += sampler.stats.get("forward_passes", 0)
                 out.append(self.tokenizer.decode(tokens).clamp(-1, 1).float().cpu() if decode
                            else tokens.cpu())
@@ -350,6 +352,8 @@ def load_pipeline(name: str, pretrained: bool = True, device: Union[str, torch.d
 def _load_saved(source: str, **hub_kwargs: Any) -> Pipeline:
     """A :meth:`Pipeline.save_pretrained` folder or Hub repo (any other name: the registry's error);
     one saved before the network was ``transformer`` (key and folder ``generator``) too."""
+    if not os.path.isdir(source):
+        recover_dir(Path(source))  # a save killed between the fallback's two renames: the old copy back
     if not os.path.isdir(source) and source.count("/") != 1:
         get_pipeline_spec(source)  # unknown pipeline: names the registered ones
     index_path = Path(resolve_file(source, PIPELINE_INDEX, **hub_kwargs))  # clear error if absent

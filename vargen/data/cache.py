@@ -100,6 +100,9 @@ def load_token_file(path: PathLike) -> Dict[str, torch.Tensor]:
     if data["labels"].dim() != 1 or len(data["labels"]) != len(data["tokens"]):
         raise WeightsError(f"{path}: labels must be [N] with N = len(tokens) = "
                            f"{len(data['tokens'])}, got {tuple(data['labels'].shape)}")
+    if data["labels"].is_floating_point() or data["labels"].is_complex() or data["labels"].dtype == torch.bool:
+        raise WeightsError(f"{path}: labels must be integer class ids, got {data['labels'].dtype} (a float "
+                           f"label such as 0.5 is never truncated to a class)")
     return {"tokens": data["tokens"], "labels": data["labels"].long()}
 
 
@@ -124,16 +127,18 @@ def cached_tokens(tokenizer: torch.nn.Module, dataset: str = "mnist", split: str
                       dataset, split, image_size)
     if path.exists():
         try:
-            return load_token_file(path)
+            return {**load_token_file(path), "file": str(path)}
         except WeightsError:
             if not create:
                 raise
             # A corrupt cache entry is only a cache miss: extract again and replace it.
     elif not create:
         raise FileNotFoundError(f"token cache {path} does not exist")
+    from vargen import checks
+    checks.output_file(path, "token cache (--cache-dir)")  # a read-only cache: refused before tokenizing
     data = dataset_tensors(get_dataset(dataset, split, image_size))
     tokens = extract_tokens(tokenizer, data["images"], batch_size, device)
     save_token_file(path, tokens, data["labels"], metadata={
         "tokenizer": type(tokenizer).__name__, "dataset": str(dataset), "split": split,
         "image_size": str(image_size), "discrete": str(not torch.is_floating_point(tokens))})
-    return {"tokens": tokens, "labels": data["labels"]}
+    return {"tokens": tokens, "labels": data["labels"], "file": str(path)}
