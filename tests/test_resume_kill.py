@@ -63,7 +63,7 @@ def visible(folder: Path) -> List[str]:
 
 
 def log_without_wall_time(run: Path) -> list:
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_s"}
+    return [{k: v for k, v in json.loads(line).items() if k not in ("wall_s", "speed")}  # timings
             for line in (run / "log.jsonl").read_text().splitlines()]
 
 

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from vargen.hub import WeightsError, atomic_write
+from vargen.loaders import torch_load
 from vargen.seeding import sample_seed
 
 from .config import RESUME_KEYS, TrainConfig
@@ -36,7 +37,7 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     that names the file and the fix."""
     fix = "delete it to start the run over, or pass a new --out"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch_load(path)
     except pickle.UnpicklingError as e:  # weights_only refused a global: the pickle would run code
         found = re.search(r"GLOBAL (\S+)", str(e))
         what = f" ({found.group(1)})" if found else ""
@@ -88,15 +89,8 @@ def save_checkpoint(path: Path, cfg: TrainConfig, model: nn.Module, ema: Optiona
         atomic_write(path, lambda p: torch.save(state, p))
 
 
-def resume(path: Path, cfg: TrainConfig, model: nn.Module, ema: Optional[nn.Module],
-           optimizer: torch.optim.Optimizer, device: torch.device, rank: int,
-           world_size: int) -> tuple:
-    """Restore a run from ``path`` if it exists (``(step, wall_s)``; ``(0, 0.0)`` otherwise) and
-    seed the RNG the loop draws from."""
-    if not path.exists():
-        torch.manual_seed(sample_seed(cfg.seed, rank))
-        return 0, 0.0
-    ckpt = load_checkpoint(path)
+def check_same_run(path: Path, ckpt: Dict[str, Any], cfg: TrainConfig, model: nn.Module) -> None:
+    """Refuse a checkpoint (its ``train_config``, ``model_config`` and ``step``) of another run."""
     saved, now = ckpt["train_config"], dataclasses.asdict(cfg)
     keys = RESUME_KEYS + (("steps",) if cfg.schedule == "cosine" else ())
     changed = [k for k in keys if _as_tuple(saved.get(k)) != _as_tuple(now[k])]
@@ -106,6 +100,18 @@ def resume(path: Path, cfg: TrainConfig, model: nn.Module, ema: Optional[nn.Modu
         raise ValueError(f"{path} was written by a different run (changed: "
                          f"{changed or 'model config'}); rerun with the same settings "
                          f"to resume, or pick a new --out")
+
+
+def resume(path: Path, cfg: TrainConfig, model: nn.Module, ema: Optional[nn.Module],
+           optimizer: torch.optim.Optimizer, device: torch.device, rank: int,
+           world_size: int) -> tuple:
+    """Restore a run from ``path`` if it exists (``(step, wall_s)``; ``(0, 0.0)`` otherwise) and
+    seed the RNG the loop draws from."""
+    if not path.exists():
+        torch.manual_seed(sample_seed(cfg.seed, rank))
+        return 0, 0.0
+    ckpt = load_checkpoint(path)
+    check_same_run(path, ckpt, cfg, model)
     model.load_state_dict(ckpt["model"])
     if ema is not None:
         ema.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])

@@ -12,9 +12,9 @@ import math
 import os
 from typing import Any, Tuple
 
-from vargen.checks import cli_number
+from vargen.checks import MAX_IMAGE_SIZE, cli_number
 
-from .config import TrainConfig
+from .config import MAX_BATCH_SIZE, TrainConfig
 
 COUNT = cli_number(integer=True, minimum=0)
 POSITIVE = cli_number(integer=True, minimum=1)
@@ -48,11 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=d.data, help="dataset (mnist, mnist:heldout), image folder, "
                    "or token .safetensors file")
     p.add_argument("--split", default=d.split)
-    p.add_argument("--image-size", type=POSITIVE, default=d.image_size)
+    p.add_argument("--image-size", type=cli_number(integer=True, minimum=1, maximum=MAX_IMAGE_SIZE),
+                   default=d.image_size)
     p.add_argument("--tokenizer", default=None, help="tokenizer for generators: registered name "
                    "with weights or save_pretrained folder")
     p.add_argument("--steps", type=COUNT, default=d.steps)
-    p.add_argument("--batch-size", type=POSITIVE, default=d.batch_size, help="global batch size")
+    p.add_argument("--batch-size", type=cli_number(integer=True, minimum=1, maximum=MAX_BATCH_SIZE),
+                   default=d.batch_size, help="global batch size")
     p.add_argument("--lr", type=RATE, default=None, help="default: the model's recipe")
     p.add_argument("--weight-decay", type=RATE, default=None)
     p.add_argument("--betas", type=cli_number(minimum=0, below=1), nargs=2, default=None)
@@ -70,6 +72,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-deterministic", dest="deterministic", action="store_false", default=None)
     p.add_argument("--cache-dir", default=None, help="token cache (default ~/.cache/vargen/tokens)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--strategy", choices=("ddp", "fsdp"), default=d.strategy, help="under torchrun: DDP "
+                   "replicas, or FSDP2 shards with sharded checkpoints (docs/scale-out.md)")
+    p.add_argument("--accum", type=POSITIVE, default=d.accum, help="micro-batches per process and step "
+                   "(the global batch stays --batch-size)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
+    p.add_argument("--peak-tflops", type=cli_number(minimum=0, below=1e6), default=None,
+                   help="peak TFLOP/s of one device, for MFU in the log (default: known CUDA devices)")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, final/")
 
 
@@ -90,4 +99,4 @@ def add_parser(sub) -> None:
         result = train(config_from_args(args))
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result))
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, resumable=True)  # Ctrl-C: a rerun continues from OUT/checkpoint.pt

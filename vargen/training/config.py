@@ -16,6 +16,7 @@ RESUME_KEYS = ("model", "overrides", "data", "split", "image_size", "tokenizer",
                "lr", "min_lr", "schedule", "warmup_steps", "weight_decay", "betas", "grad_clip",
                "ema_decay", "precision")
 _FROM_RECIPE = ("weight_decay", "betas", "grad_clip", "ema_decay", "schedule")
+MAX_BATCH_SIZE = 65536  # global batch; papers train with at most 2048
 
 
 @dataclass
@@ -45,14 +46,21 @@ class TrainConfig:
     deterministic: Optional[bool] = None  # None: on for CPU, off for CUDA
     cache_dir: Optional[str] = None
     progress: bool = True
+    strategy: str = "ddp"            # "ddp" (replicas) or "fsdp" (FSDP2 shards, sharded checkpoints)
+    accum: int = 1                   # micro-batches per rank and step (same global batch, less memory)
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    peak_tflops: Optional[float] = None  # per device, for MFU in the log (CUDA: known devices)
 
     def resolved(self, recipe: Recipe) -> "TrainConfig":
         """Fill unset optimiser fields from ``recipe``; check the rest."""
         for name, minimum in (("steps", 0), ("batch_size", 1), ("ckpt_every", 1), ("log_every", 1),
-                              ("warmup_steps", 0), ("seed", 0), ("image_size", 1)):
+                              ("warmup_steps", 0), ("seed", 0), ("image_size", 1), ("accum", 1)):
             checks.number(name, getattr(self, name), minimum=minimum, integer=True)
         for name in ("lr", "weight_decay", "grad_clip", "min_lr"):
             checks.number(name, getattr(self, name), minimum=0, optional=True)
+        checks.number("peak_tflops", self.peak_tflops, minimum=0, optional=True)
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
         filled = {name: getattr(recipe, name) if getattr(self, name) is None else getattr(self, name)
@@ -61,8 +69,15 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {filled['schedule']!r}")
         filled["betas"] = tuple(checks.number("betas", b, minimum=0, below=1) for b in filled["betas"])
         checks.number("ema_decay", filled["ema_decay"], minimum=0, below=1)
+        checks.image_size("image_size", self.image_size)
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size {self.batch_size} is above {MAX_BATCH_SIZE} (one step would not fit "
+                             f"in memory); use a smaller --batch-size")
         lr = recipe.learning_rate(self.batch_size) if self.lr is None else self.lr
         min_lr = recipe.min_lr_ratio * lr if self.min_lr is None else self.min_lr
+        if min_lr > lr:
+            raise ValueError(f"min_lr {min_lr:g} is above lr {lr:g}: the schedule decays from --lr down to "
+                             f"--min-lr; pass --min-lr <= --lr")
         return dataclasses.replace(self, lr=lr, min_lr=min_lr, **filled)
 
 
@@ -79,6 +94,8 @@ def command_line(cfg: TrainConfig) -> str:
               f"--weight-decay {cfg.weight_decay:g}", f"--betas {cfg.betas[0]:g} {cfg.betas[1]:g}",
               f"--grad-clip {cfg.grad_clip:g}", f"--ema-decay {cfg.ema_decay:g}",
               f"--seed {cfg.seed}", f"--out {cfg.out}"]
+    parts += [f"--strategy {cfg.strategy}"] * (cfg.strategy != "ddp") + [f"--accum {cfg.accum}"] * (cfg.accum > 1)
+    parts += ["--grad-checkpointing"] * cfg.grad_checkpointing
     if cfg.warmup_steps or cfg.schedule != "constant":
         parts += [f"--warmup-steps {cfg.warmup_steps}", f"--schedule {cfg.schedule}",
                   f"--min-lr {cfg.min_lr:g}"]

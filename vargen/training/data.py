@@ -58,7 +58,9 @@ def check_data(model: nn.Module, data: Dict[str, torch.Tensor], source: str) -> 
     """Refuse data the model cannot train on before a run folder exists: token ids outside the
     generator's vocabulary, labels outside its classes, NaN / inf latents or pixels."""
     inputs, labels = data["inputs"], data["labels"]
-    where = f"--data {source}"
+    if hasattr(inputs, "first_shard"):  # a streaming cache: its first shard stands for the rest
+        inputs, labels = inputs.first_shard()
+    where = f"--data {source}" + (f" (token cache {data['file']}: delete it if stale)" if data.get("file") else "")
     if getattr(model, "kind", None) == "generator":
         if model.is_discrete:
             try:
@@ -76,9 +78,14 @@ def check_data(model: nn.Module, data: Dict[str, torch.Tensor], source: str) -> 
 def load_data(cfg: TrainConfig, trains_on: str, device: torch.device, rank: int,
               world_size: int) -> Dict[str, torch.Tensor]:
     """``{"inputs", "labels"}`` (on CPU) of the kind of data the model ``trains_on``."""
-    from vargen.data import cache, get_dataset
+    from vargen.data import cache, get_dataset, shards
     if trains_on not in TRAINS_ON:
         raise ValueError(f"{cfg.model} declares trains_on={trains_on!r}; expected one of {TRAINS_ON}")
+    if shards.is_sharded(cfg.data):  # a sharded cache folder, read per batch
+        if trains_on != "tokens":
+            raise ValueError(f"{cfg.data} is a token cache, but {cfg.model} trains on {trains_on}")
+        stream = shards.ShardedTokens(cfg.data, seed=cfg.seed)
+        return {"inputs": stream, "labels": stream.labels}
     if str(cfg.data).endswith(".safetensors"):
         if trains_on != "tokens":
             raise ValueError(f"{cfg.data} is a token file, but {cfg.model} trains on {trains_on}: "
@@ -100,4 +107,4 @@ def load_data(cfg: TrainConfig, trains_on: str, device: torch.device, rank: int,
         dist.barrier()
     if rank != 0:
         data = cache.cached_tokens(*args, device=device, create=False)
-    return {"inputs": data["tokens"], "labels": data["labels"]}
+    return {"inputs": data["tokens"], "labels": data["labels"], "file": data["file"]}

@@ -33,6 +33,8 @@ from .card import device_name, model_card
 from .checkpoint import CHECKPOINT_NAME, LOG_NAME, resume, save_checkpoint, truncate_log
 from .config import TrainConfig
 from .data import GlobalBatchSampler, check_data, load_data
+from . import sharded_ckpt, sharding
+from .steps import Meter, fetch_batch, forward_backward
 from .heldout import heldout_metrics
 
 
@@ -89,7 +91,7 @@ class _Logger:
             self.sums[k] = self.sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
         self.count += 1
 
-    def flush(self, step: int, lr: float, wall_s: float) -> float:
+    def flush(self, step: int, lr: float, wall_s: float, speed: Optional[Dict[str, float]] = None) -> float:
         keys = sorted(self.sums)
         means = torch.tensor([self.sums[k] / self.count for k in keys], dtype=torch.float64)
         if self.world_size > 1:
@@ -98,7 +100,8 @@ class _Logger:
         record = dict(zip(keys, means.tolist()))
         self.last_loss, self.sums, self.count = record["loss"], {}, 0
         if self.file is not None:
-            self.file.write(json.dumps({"step": step, "lr": lr, **record, "wall_s": round(wall_s, 3)}) + "\n")
+            timing = {"wall_s": round(wall_s, 3), **({"speed": speed} if speed else {})}
+            self.file.write(json.dumps({"step": step, "lr": lr, **record, **timing}) + "\n")
             self.file.flush()
         return self.last_loss
 
@@ -121,7 +124,7 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int], None]] = None) -> 
     Unset optimiser options come from the registry entry's recipe. ``on_step(step)`` runs after
     each completed (and, when due, checkpointed) step on every rank.
     """
-    from vargen.registry import create_model, get_entry
+    from vargen.registry import get_entry
 
     entry = get_entry(cfg.model)
     cfg = cfg.resolved(entry.recipe)
@@ -142,18 +145,24 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int], None]] = None) -> 
         batches.local_batch(0, rank, world_size)  # fails early on an uneven split
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        model = create_model(cfg.model, **cfg.overrides).to(device).train()
+        model = _build(cfg).to(device).train()
         check_data(model, data, cfg.data)
         ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
-        optimizer, params = adamw(model, cfg)
+        num_params = sum(p.numel() for p in model.parameters())
+        objective = sharding.wrap(Objective(model), model, cfg.strategy, world_size, device, cfg.precision,
+                                  cfg.grad_checkpointing)
+        sharded = sharding.is_sharded(model)
+        if sharded and ema is not None:
+            sharding.shard(ema, ema, device, cfg.precision)
+        optimizer, params = adamw(model, cfg)  # after sharding: FSDP replaces the parameters
         ckpt_path = out / CHECKPOINT_NAME
-        step, wall_before = resume(ckpt_path, cfg, model, ema, optimizer, device, rank, world_size)
+        if cfg.strategy == "fsdp":
+            step, wall_before = sharded_ckpt.resume(out, cfg, model, ema, optimizer, device, rank, world_size)
+        else:
+            sharded_ckpt.refuse(out)  # a sharded checkpoint resumes only under --strategy fsdp
+            step, wall_before = resume(ckpt_path, cfg, model, ema, optimizer, device, rank, world_size)
         last_loss = truncate_log(out / LOG_NAME, step) if rank == 0 else None
-
-        objective: nn.Module = Objective(model)
-        if world_size > 1:
-            objective = nn.parallel.DistributedDataParallel(
-                objective, device_ids=[device.index] if device.type == "cuda" else None)
+        meter = Meter(num_params, cfg.batch_size, world_size, device, cfg.peak_tflops)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                     if device.type == "cuda" and cfg.precision == "bf16" else contextlib.nullcontext())
         out.mkdir(parents=True, exist_ok=True)
@@ -167,26 +176,28 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int], None]] = None) -> 
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx = batches.local_batch(step, rank, world_size)
-            inputs, labels = data["inputs"][idx].to(device), data["labels"][idx].to(device)
-            with autocast:
-                loss, logs = objective(inputs, labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower --lr or "
-                                         f"use --precision fp32")
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(params, clip)
+            inputs, labels = fetch_batch(data, batches, step, rank, world_size, device)
+            with _out_of_memory_names(cfg, step):
+                loss, logs = forward_backward(objective, inputs, labels, cfg.accum, autocast, step)
+            grad_norm = sharding.clip_grad_norm(params, clip, sharded)
+            state_mib = sharding.state_bytes(model, optimizer) / 2**20  # before zero_grad frees grads
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
                 update_ema(ema, model, cfg.ema_decay, step)
             step += 1
             logger.add({"loss": loss, "grad_norm": grad_norm, **logs})
+            meter.add(inputs)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                final_loss = logger.flush(step, lr, wall_before + time.time() - start)
-                bar.set_postfix(loss=f"{final_loss:.4f}")
+                speed = meter.read(state_mib)
+                final_loss = logger.flush(step, lr, wall_before + time.time() - start, speed)
+                bar.set_postfix(loss=f"{final_loss:.4f}", img_s=speed["images_per_s"],
+                                mem=f"{speed['peak_mem_mib']:.0f}M")
             bar.update(1)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            if (step % cfg.ckpt_every == 0 or step == cfg.steps) and cfg.strategy == "fsdp":
+                sharded_ckpt.save(out, cfg, model, ema, optimizer, step, wall_before + time.time() - start,
+                                  device, rank, world_size)
+            elif step % cfg.ckpt_every == 0 or step == cfg.steps:
                 save_checkpoint(ckpt_path, cfg, model, ema, optimizer, step,
                                 wall_before + time.time() - start, device, rank, world_size)
             if on_step is not None:
@@ -195,8 +206,13 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int], None]] = None) -> 
         logger.close()
         wall_s = wall_before + time.time() - start
         result = {"final": str(out / "final"), "steps": step, "wall_s": wall_s, "loss": logger.last_loss}
+        export = ema if ema is not None else model.eval()
+        if sharded:  # gather the shards into a plain model on rank 0
+            full = sharded_ckpt.full_weights(export, world_size)
+            export = _build(cfg).eval() if rank == 0 else None
+            if export is not None:
+                export.load_state_dict(full)
         if rank == 0:
-            export = ema if ema is not None else model.eval()
             result.update(_export(export, cfg, entry.kind, len(data["labels"]), wall_s,
                                   device_name(device, world_size), logger.last_loss, out / "final"))
         if world_size > 1:
@@ -208,6 +224,35 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int], None]] = None) -> 
         torch.use_deterministic_algorithms(previous_deterministic)
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _out_of_memory_names(cfg: TrainConfig, step: int):
+    """An allocation failure in a step as one clear error naming the batch size."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.OutOfMemoryError, or the CPU allocator's "can't allocate memory"
+        if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
+            raise
+        raise MemoryError(f"--batch-size {cfg.batch_size} does not fit in memory at step {step} "
+                          f"({str(e).splitlines()[0][:120]}); use a smaller --batch-size") from None
+
+
+def _build(cfg: TrainConfig) -> nn.Module:
+    """``create_model`` with an error naming the overrides when they make no network (a zero
+    width builds empty tensors that fail only inside the first step)."""
+    from vargen.registry import create_model
+    try:
+        model = create_model(cfg.model, **cfg.overrides)
+    except (RuntimeError, ArithmeticError, AssertionError, TypeError, ValueError, IndexError) as e:
+        if not cfg.overrides:
+            raise
+        raise ValueError(f"--override {cfg.overrides}: cannot build {cfg.model}: {e}") from None
+    empty = [name for name, p in model.named_parameters() if p.numel() == 0]
+    if empty:
+        raise ValueError(f"{cfg.model} with overrides {cfg.overrides} has empty weights ({empty[:3]}): a "
+                         f"size in the config is 0 or negative")
+    return model
 
 
 def _export(model: nn.Module, cfg: TrainConfig, kind: str, num_items: int, wall_s: float,
