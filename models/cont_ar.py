@@ -44,6 +44,7 @@ from vargen.nn.llama import LlamaTrunk, linear_rates
 from vargen.registry import Weights, register_model
 
 from .base import Generator
+from .diffloss import FinalLayer, init_adaln_head, modulate
 
 INPUT_KINDS = ("linear", "semantic")
 
@@ -88,10 +89,6 @@ class ContARConfig:
         return (self.grid_size, self.grid_size)
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
-
-
 class HeadBlock(nn.Module):
     """``x + gate * swiglu(modulate(LN(x), shift, scale))`` with (shift, scale, gate) from y."""
 
@@ -105,21 +102,7 @@ class HeadBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
-        return x + gate * self.mlp(_modulate(self.in_ln(x), shift, scale))
-
-
-class FinalLayer(nn.Module):
-    """DiT's final layer: weightless LN, adaLN (shift, scale), Linear to the output channels."""
-
-    def __init__(self, width: int, out_channels: int):
-        super().__init__()
-        self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(width, out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
-        return self.linear(_modulate(self.norm_final(x), shift, scale))
+        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
 
 
 class FlowHead(nn.Module):
@@ -137,17 +120,7 @@ class FlowHead(nn.Module):
         self.final_layer = FinalLayer(width, channels)
 
     def initialize_weights(self) -> None:
-        # As the released SimpleMLPAdaLN: xavier linears, N(0, 0.02) time MLP, zero adaLN and output.
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        for layer in (self.time_embed.mlp[0], self.time_embed.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        for block in (*self.res_blocks, self.final_layer):
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
+        init_adaln_head(self)  # as the released SimpleMLPAdaLN
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         y = self.time_embed(t * self.time_scale) + self.cond_embed(z)  # [M, width]
