@@ -44,8 +44,12 @@ TRUNKS = {
     "tiny": {"raster": dict(n_layer=4, dim=256, n_head=4), "nar": dict(n_layer=4, dim=256, n_head=4),
              "xar": dict(dim=256, encoder_depth=2, decoder_depth=2, n_head=4),
              "video-nar": dict(n_layer=4, dim=256, n_head=4),
-             "cont-ar": dict(n_layer=4, dim=256, n_head=4, vis_dim=256, head_width=256, head_depth=2)},
-    "b": {"raster": {}, "nar": {}, "xar": {}, "video-nar": dict(n_layer=12, dim=768, n_head=12), "cont-ar": {}},
+             "cont-ar": dict(n_layer=4, dim=256, n_head=4, vis_dim=256, head_width=256, head_depth=2),
+             "rar": dict(n_layer=4, dim=256, n_head=4, intermediate_size=1024),
+             "mar": dict(dim=256, decoder_dim=256, encoder_depth=2, decoder_depth=2, n_head=4, decoder_n_head=4,
+                         head_width=256, head_depth=2)},
+    "b": {"raster": {}, "nar": {}, "xar": {}, "video-nar": dict(n_layer=12, dim=768, n_head=12), "cont-ar": {},
+          "rar": {}, "mar": {}},
 }
 EVAL_SECTIONS = ("inception", "i3d", "speculative")
 PAPER_IMG_PER_S = {"nar": 419.7, "raster": 117.9}  # NAR paper, A100: NAR-B and LlamaGen-B

@@ -25,6 +25,8 @@ FAMILIES = {
     "xar": ("xar-b", "flow", "xAR"),
     "cont-ar": ("cont-ar-b", "token-flow", "continuous-token AR"),
     "video-nar": ("nar-video-l", "neighbor", "NAR video"),
+    "rar": ("rar-b", "raster", "RAR raster"),
+    "mar": ("mar-b", "mar", "MAR"),
 }
 NO_OFFICIAL = {"cont-ar": "Ming-UniVision's generator is its 16B MoE language model (Ling); no "
                           "class-conditional continuous-token AR is released to run at this size"}
@@ -35,6 +37,11 @@ def sampler_options(family: str, spec: dict) -> dict:
         return dict(num_steps=spec["num_steps"], method="sde", cfg_scale=spec["xar_cfg"], cfg_schedule="linear")
     if family == "cont-ar":
         return dict(num_steps=spec["num_steps"], cfg_scale=spec["cfg"])
+    if family == "mar":  # MAR's linear CFG and DDPM head (sample_tokens), --head-steps steps
+        return dict(num_iter=spec.get("mar_iter", 64), num_steps=spec["num_steps"], cfg_scale=spec["cfg"],
+                    cfg_schedule="linear")
+    if family == "rar":  # RAR-B's released pow-cosine schedule, no top-k (official generate)
+        return dict(cfg_scale=spec["cfg"], cfg_schedule="pow-cosine", cfg_power=2.75)
     return dict(cfg_scale=spec["cfg"], top_k=spec["top_k"])
 
 

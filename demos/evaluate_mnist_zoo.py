@@ -30,8 +30,13 @@ VARIANTS = [  # (pipeline, sampler override or None for the pipeline's default)
     ("llamagen-mnist", "gsd"),
     ("nar-mnist", None),
     ("xar-mnist", None),
+    ("mar-mnist", None),
     ("cont-ar-mnist", None),
     ("cont-ar-mingtok-mnist", None),
+    ("rar-mnist", None),
+    ("rar-mnist", "sjd"),
+    ("rar-mnist", "gsd"),
+    ("var-mnist", None),
 ]
 
 

@@ -6,6 +6,8 @@ checkout at the benchmark's config. Never imported by vargen or its tests.
     DIR/LlamaGen   https://github.com/FoundationVision/LlamaGen   autoregressive/models/{gpt,generate}.py
     DIR/NAR        https://github.com/ThisisBillhe/NAR            NAR-images/..., NAR-videos/...
     DIR/xAR        https://github.com/OliverRensu/xAR             models/{xar,sampler}.py
+    DIR/1d-tokenizer  https://github.com/bytedance/1d-tokenizer   modeling/rar.py (RAR)
+    DIR/mar        https://github.com/LTH14/mar                   models/{mar,diffloss}.py, diffusion/
 
 Each builder makes the official model with its own initialisation under ``torch.manual_seed(seed)``
 (zero-initialised output heads get N(0, 0.02) so logits vary), and returns it with a
@@ -28,7 +30,7 @@ import torch.nn as nn
 
 # repository folder under --official-root, and the sub-folder put on sys.path
 REPOS = {"raster": ("LlamaGen", "."), "nar": ("NAR", "NAR-images"), "xar": ("xAR", "."),
-         "video-nar": ("NAR", "NAR-videos")}
+         "video-nar": ("NAR", "NAR-videos"), "rar": ("1d-tokenizer", "."), "mar": ("mar", ".")}
 
 
 class OfficialMissing(RuntimeError):
@@ -151,4 +153,50 @@ def _video_nar(path: Path, trunk: dict, spec: dict) -> Official:
     return Official(model, run)
 
 
-BUILDERS = {"raster": _gpt, "nar": _gpt, "xar": _xar, "video-nar": _video_nar}
+class _Conf(dict):
+    """OmegaConf-style attribute access (1d-tokenizer reads ``config.model.generator.x``)."""
+
+    def __getattr__(self, name: str):
+        value = self[name]
+        return _Conf(value) if isinstance(value, dict) else value
+
+
+def _rar(path: Path, trunk: dict, spec: dict) -> Official:
+    """1d-tokenizer ``RAR`` + ``generate`` with its KV cache (sample_imagenet_rar.py's call, RAR-B's pow)."""
+    _import_from(path)
+    from modeling.rar import RAR
+    gen = dict(hidden_size=trunk.get("dim", 768), num_hidden_layers=trunk.get("n_layer", 24),
+               num_attention_heads=trunk.get("n_head", 16), intermediate_size=trunk.get("intermediate_size", 3072),
+               image_seq_len=256, condition_num_classes=1000, dropout=0.0, attn_drop=0.0)
+    model = _build(RAR, spec["seed"], spec["dtype"], spec["device"],
+                   _Conf(model={"vq_model": {"codebook_size": 1024}, "generator": gen}))
+
+    def run(labels: torch.Tensor) -> torch.Tensor:
+        return model.generate(labels, guidance_scale=spec["cfg"], randomize_temperature=1.0, guidance_scale_pow=2.75)
+    return Official(model, run)
+
+
+def _mar(path: Path, trunk: dict, spec: dict) -> Official:
+    """MAR ``sample_tokens`` (engine_mar.evaluate's call, linear CFG, autocast as its evaluation)."""
+    device = spec["device"]
+    torch.Tensor.cuda = lambda self, *a, **k: self.to(device)  # mask_by_order, sample_orders, diffloss
+    _import_from(path)
+    from models.mar import MAR
+    dim, ddim = trunk.get("dim", 768), trunk.get("decoder_dim", 768)
+    model = _build(MAR, spec["seed"], torch.float32, device, img_size=256, vae_stride=16, patch_size=1,
+                   encoder_embed_dim=dim, encoder_depth=trunk.get("encoder_depth", 12),
+                   encoder_num_heads=trunk.get("n_head", 12), decoder_embed_dim=ddim,
+                   decoder_depth=trunk.get("decoder_depth", 12), decoder_num_heads=trunk.get("decoder_n_head", 12),
+                   mlp_ratio=4, norm_layer=partial(nn.LayerNorm, eps=1e-6), vae_embed_dim=16, class_num=1000,
+                   attn_dropout=0.0, proj_dropout=0.0, buffer_size=64, diffloss_d=trunk.get("head_depth", 6),
+                   diffloss_w=trunk.get("head_width", 1024), num_sampling_steps=str(spec["num_steps"]))
+    autocast = spec["dtype"] != torch.float32
+
+    def run(labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.split(":")[0], dtype=spec["dtype"], enabled=autocast):
+            return model.sample_tokens(labels.shape[0], num_iter=spec.get("mar_iter", 64), cfg=spec["cfg"],
+                                       cfg_schedule="linear", labels=labels, temperature=1.0)
+    return Official(model, run)
+
+
+BUILDERS = {"raster": _gpt, "nar": _gpt, "xar": _xar, "video-nar": _video_nar, "rar": _rar, "mar": _mar}

@@ -77,6 +77,43 @@ vargen train --model cont-ar-mnist --tokenizer weights/kl-mnist $cont --out runs
 vargen train --model cont-ar-mingtok-mnist --tokenizer mingtok-mnist $cont --out runs/cont-ar-mingtok-mnist &
 wait
 for m in cont-ar cont-ar-mingtok; do cp -r runs/$m-mnist/final weights/$m-mnist; done
+# RAR on vq-mnist ids (models/rar.py: rar-mnist, random orders annealed to raster over steps
+# 500 -> 750, rar.yaml's 50% -> 75%), no EMA as rar.yaml; the final weights are stored in fp16.
+vargen train --model rar-mnist --tokenizer weights/vq-mnist --data mnist --steps 1000 --batch-size 64 \
+    --lr 5e-4 --warmup-steps 50 --schedule cosine --min-lr 5e-5 --ckpt-every 100 --log-every 50 --out runs/rar-mnist
+python - <<'PY'
+import shutil
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+Path("weights/rar-mnist").mkdir(parents=True, exist_ok=True)
+state = load_file("runs/rar-mnist/final/model.safetensors")
+save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, "weights/rar-mnist/model.safetensors")
+shutil.copy("runs/rar-mnist/final/config.json", "weights/rar-mnist/config.json")
+shutil.copy("runs/rar-mnist/final/README.md", "weights/rar-mnist/README.md")  # + the measured section
+PY
+# MAR on kl-mnist latents (models/mar.py: mar-mnist, 64 tokens, DiffLoss head repeated 2x per token).
+vargen train --model mar-mnist --tokenizer weights/kl-mnist --data mnist --steps 3000 --batch-size 32 \
+    --lr 1e-3 --ema-decay 0.999 --warmup-steps 200 --schedule cosine --min-lr 5e-5 --ckpt-every 250 \
+    --log-every 50 --out runs/mar-mnist
+cp -r runs/mar-mnist/final weights/mar-mnist
+# VAR: the multi-scale VQVAE (scales 1,2,3,4,6,8 of an 8x8 map, cosine lookup; tokenizers/var_vqvae.py),
+# then the next-scale transformer on its ids (models/var.py: var-mnist), constant lr so that a run
+# stopped at a checkpoint is the run with that many --steps; the transformer is stored in fp16.
+vargen train --model var-vqvae-mnist --data mnist --steps 700 --batch-size 32 --lr 1e-3 --ema-decay 0.998 \
+    --warmup-steps 50 --ckpt-every 100 --log-every 25 --out runs/var-vqvae-mnist
+cp -r runs/var-vqvae-mnist/final weights/var-vqvae-mnist
+vargen train --model var-mnist --data mnist --tokenizer weights/var-vqvae-mnist --steps 800 --batch-size 64 \
+    --lr 5e-4 --ema-decay 0.998 --warmup-steps 50 --schedule constant --ckpt-every 100 --log-every 25 --out runs/var-mnist
+python - <<'PY'
+import shutil
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+Path("weights/var-mnist").mkdir(parents=True, exist_ok=True)
+state = load_file("runs/var-mnist/final/model.safetensors")
+save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, "weights/var-mnist/model.safetensors")
+for f in ("config.json", "README.md"):
+    shutil.copy(f"runs/var-mnist/final/{f}", f"weights/var-mnist/{f}")
+PY
 sha256sum weights/*/model.safetensors   # -> the sha256 of each Weights.shipped(...) registration
 python demos/evaluate_mnist_zoo.py --num-samples 1000 --json runs/zoo-eval.json
 OMP_NUM_THREADS=2 python demos/evaluate_video_zoo.py --num-clips 256 --json runs/video-eval.json \

@@ -99,7 +99,8 @@ class Generator(VargenModule):
     @property
     def cache_length(self) -> Optional[int]:
         """Entries in the cache (the longest row's), or None without a cache."""
-        cache = self.attention_layers()[0].cache
+        layers = self.attention_layers()
+        cache = layers[0].cache if layers else None
         return None if cache is None else cache.length
 
     def truncate_cache(self, n) -> None:

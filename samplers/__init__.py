@@ -18,7 +18,9 @@ from .base import Sampler
 from .flow import FlowSampler
 from .guidance import Guidance, cfg_labels
 from .logits import LogitsFilter, LogitsProcessor
+from .mar import MARSampler
 from .neighbor import NeighborSampler
+from .next_scale import NextScaleSampler
 from .raster import RasterSampler
 from .speculative import GSDSampler, SJDSampler
 from .token_flow import TokenFlowSampler
@@ -36,6 +38,8 @@ def register_sampler(cls: Type[Sampler]) -> Type[Sampler]:
 
 for _cls in (RasterSampler, SJDSampler, GSDSampler, NeighborSampler, FlowSampler, TokenFlowSampler):
     register_sampler(_cls)
+register_sampler(NextScaleSampler)  # VAR's next-scale prediction
+register_sampler(MARSampler)  # MAR's masked random-order decoding with a diffusion head
 
 
 def create_sampler(name: str, **options) -> Sampler:

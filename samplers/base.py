@@ -120,6 +120,7 @@ class DiscreteSampler(Sampler):
     target_options = LogitsProcessor.OPTIONS
 
     def __init__(self, cfg_scale: float = 1.0, cfg_schedule: str = "constant", cfg_interval: int = -1,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, cfg_power: float = 1.0):
         super().__init__()
-        self.logits = LogitsProcessor(cfg_scale, cfg_schedule, cfg_interval, temperature, top_k, top_p)
+        self.logits = LogitsProcessor(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_interval=cfg_interval,
+                                      cfg_power=cfg_power, temperature=temperature, top_k=top_k, top_p=top_p)

@@ -1,5 +1,6 @@
 """Classifier-free guidance, one component for the discrete and the flow samplers: the scale
-schedule (constant or linear over AR steps, LlamaGen's ``cfg_interval``), batch doubling
+schedule (constant, linear, or RAR's pow-cosine ``1 + (s - 1)(1 - cos(pi (i/n)^cfg_power)) / 2``
+over AR steps; LlamaGen's ``cfg_interval``), batch doubling
 ``[cond; uncond]`` with the null class in the second half, and the cond/uncond combination.
 
 Each family keeps its official rounding (a test of golden tokens holds them): LlamaGen's
@@ -10,6 +11,7 @@ upcast before cond and uncond are subtracted, where low precision would cancel.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,7 +19,7 @@ import torch
 
 from vargen import checks
 
-CFG_SCHEDULES = ("constant", "linear")
+CFG_SCHEDULES = ("constant", "linear", "pow-cosine")
 RULES = ("blend", "lerp")
 
 
@@ -31,17 +33,19 @@ def full_precision(x: torch.Tensor) -> torch.Tensor:
 class Guidance:
     # The options this component reads (its fields): they shape the distribution sampled, so a
     # sampler taking them declares them as target options (``Sampler.distribution_options``).
-    OPTIONS = ("cfg_scale", "cfg_schedule", "cfg_interval")
+    OPTIONS = ("cfg_scale", "cfg_schedule", "cfg_interval", "cfg_power")
 
     cfg_scale: float = 1.0
     cfg_schedule: str = "constant"
     cfg_interval: int = -1  # LlamaGen: tokens 0..cfg_interval+1 are guided, later ones not (-1: all)
+    cfg_power: float = 1.0  # the pow-cosine schedule's exponent (RAR's guidance_scale_pow)
 
     def __post_init__(self):
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {self.cfg_schedule!r}")
         self.cfg_scale = checks.number("cfg_scale", self.cfg_scale, minimum=0)
         self.cfg_interval = checks.number("cfg_interval", self.cfg_interval, minimum=-1, integer=True)
+        self.cfg_power = checks.number("cfg_power", self.cfg_power, minimum=0)
 
     @property
     def uses_cfg(self) -> bool:
@@ -55,6 +59,10 @@ class Guidance:
             return 1.0
         if self.cfg_schedule == "linear" and total > 1:
             return 1.0 + (self.cfg_scale - 1.0) * done / max(total - 1, 1)
+        if self.cfg_schedule == "pow-cosine":
+            # RAR's generate (after MDT): token ``done`` of ``total``; 0 at the first, cfg_power 0 = constant
+            ramp = (1 - math.cos(math.pi * (done / total) ** self.cfg_power)) / 2
+            return 1.0 + (self.cfg_scale - 1.0) * ramp
         return self.cfg_scale
 
     def labels(self, labels: torch.Tensor, null_class: Optional[int]) -> torch.Tensor:

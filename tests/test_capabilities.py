@@ -9,12 +9,16 @@ import vargen
 from vargen.samplers import SAMPLERS, create_sampler
 from vargen.samplers.capabilities import (EntityFlow, NeighborDecoding, RasterDecoding,
                                           SpeculativeDecoding, TokenEmbedding, members, missing)
+from vargen.samplers.mar import MaskedDiffusionDecoding
+from vargen.samplers.next_scale import NextScaleDecoding
 from vargen.samplers.token_flow import TokenFlowDecoding
 from vargen.seeding import SampleRNG
 
-TINY = ("llamagen-tiny", "nar-tiny", "nar-video-tiny", "xar-tiny", "cont-ar-tiny")
+TINY = ("llamagen-tiny", "nar-tiny", "nar-video-tiny", "xar-tiny", "cont-ar-tiny", "var-tiny", "mar-tiny",
+        "rar-tiny")
 EXPECTED = {"raster": RasterDecoding, "sjd": SpeculativeDecoding, "gsd": SpeculativeDecoding,
-            "neighbor": NeighborDecoding, "flow": EntityFlow, "token-flow": TokenFlowDecoding}
+            "neighbor": NeighborDecoding, "flow": EntityFlow, "token-flow": TokenFlowDecoding,
+            "next-scale": NextScaleDecoding, "mar": MaskedDiffusionDecoding}
 
 
 def test_every_sampler_declares_a_capability():
@@ -52,6 +56,9 @@ def test_capabilities_follow_the_families():
         "nar-video-tiny": {"NeighborDecoding", "TokenEmbedding"},
         "xar-tiny": {"EntityFlow"},
         "cont-ar-tiny": set(),  # continuous latents, no code table: only token-flow drives it
+        "var-tiny": set(),  # next-scale only
+        "mar-tiny": set(),  # masked diffusion decoding only
+        "rar-tiny": {"RasterDecoding", "SpeculativeDecoding", "TokenEmbedding"},  # raster at inference
     }
     assert members(RasterDecoding)[:2] == ["setup_cache", "clear_cache"]
 

@@ -24,9 +24,18 @@ def _setup_cfg():
     return cfg["options"]
 
 
-def install_requires():
-    lines = [line.strip() for line in _setup_cfg()["install_requires"].splitlines()]
+def _names(text: str) -> set:
+    lines = [line.strip() for line in text.splitlines()]
     return {_normalise(re.match(r"[A-Za-z0-9_.\-]+", line).group()) for line in lines if line}
+
+
+def install_requires():
+    """install_requires plus the optional extras a feature imports lazily (``demo``: gradio)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    extras = cfg["options.extras_require"]
+    return _names(_setup_cfg()["install_requires"]) | {
+        d for extra in extras if extra != "test" for d in _names(extras[extra])}
 
 
 def imported_modules():

@@ -83,7 +83,8 @@ def test_tokenizer_round_trip(name):
         decoded = model.decode(tokens)
     assert decoded.shape == images.shape
     if model.is_discrete:
-        assert tuple(tokens.shape) == (2, *((4,) if frames else ()), 4, 4) and tokens.max() < model.vocab_size
+        grid = (4, 4) if not hasattr(model, "patch_nums") else (sum(p * p for p in model.patch_nums),)  # VAR: all scales' ids
+        assert tuple(tokens.shape) == (2, *((4,) if frames else ()), *grid) and tokens.max() < model.vocab_size
     else:
         assert tuple(tokens.shape) == (2, model.latent_channels, 4, 4)
 

@@ -90,7 +90,7 @@ def test_generator_list_gives_sample_i_alone_or_in_a_batch():
 def test_refusals_name_the_argument():
     pipe = raster_pipeline()
     with pytest.raises(ValueError, match=r"num_inference_steps does not apply to the 'raster' sampler: "
-                                         r"it is discrete.*flow, token-flow"):
+                                         r"it is discrete.*num_steps of the flow, mar, token-flow samplers"):
         pipe([1], num_inference_steps=10)
     with pytest.raises(ValueError, match="num_inference_steps does not apply to the 'sjd' sampler"):
         pipe([1], num_inference_steps=10, sampler="sjd")

@@ -16,7 +16,7 @@ WEIGHTS_DIR = Path(vargen.weights.__file__).parent
 
 def test_weights_folder_is_small_and_fully_registered():
     total = sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*") if f.is_file())
-    assert total < 64 * 2 ** 20  # the budget issue 13 set for weights/ in all
+    assert total < 96 * 2 ** 20  # the budget for weights/ in all (issue 13: 64 MiB; 96 MiB since issue 26)
     shipped_dirs = {p.name for p in WEIGHTS_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")}
     assert shipped_dirs == {vargen.get_entry(n).weights.local for n in SHIPPED}
 
@@ -38,7 +38,7 @@ def test_shipped_model_loads_strictly(name):
 # Video pipelines (*-video-mnist) have their own end-to-end tests in tests/test_video_generators.py.
 @pytest.mark.parametrize("pipeline", [p for p in vargen.list_pipelines("*-mnist") if "-video-" not in p])
 def test_shipped_pipeline_generates_digits(pipeline):
-    spec = vargen.pipeline.get_pipeline_spec(pipeline)
+    spec = vargen.registry.get_pipeline_spec(pipeline)
     assert {spec.generator, spec.tokenizer} <= set(SHIPPED), f"{pipeline} is registered but not shipped"
     pipe = vargen.load_pipeline(pipeline)
     labels = torch.arange(10)

@@ -7,6 +7,7 @@ import torch
 from scipy.stats import chi2_contingency
 
 from vargen.models.llamagen import LlamaGen, LlamaGenConfig
+from vargen.models.rar import RAR, RARConfig
 from vargen.samplers import GSDSampler, RasterSampler, SJDSampler, create_sampler
 from vargen.seeding import SampleRNG
 
@@ -20,6 +21,19 @@ def peaked_llamagen(vocab: int, grid: int, seed: int = 0) -> LlamaGen:
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.5)
     torch.nn.init.normal_(model.output.weight, std=0.7)
+    return model
+
+
+def peaked_rar(vocab: int, grid: int, seed: int = 0) -> RAR:
+    """Random RAR (adaLN-Zero blocks, target-aware positions) with peaked, context-dependent
+    next-token distributions: the raster capability SJD drives, on a second family."""
+    torch.manual_seed(seed)
+    model = RAR(RARConfig(dim=32, n_layer=1, n_head=2, intermediate_size=64, vocab_size=vocab, grid_size=grid,
+                          num_classes=3, dropout=0.0, attn_dropout=0.0, position_padding=2,
+                          timestep_padding=2)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    torch.nn.init.normal_(model.lm_head.weight, std=0.15)  # adaLN makes features large
     return model
 
 
@@ -52,9 +66,9 @@ SAMPLES = 4000
 OPTIONS = dict(cfg_scale=1.5, top_k=3)
 
 
-@pytest.fixture(scope="module")
-def lossless_setup():
-    model = peaked_llamagen(vocab=4, grid=2)
+@pytest.fixture(scope="module", params=[peaked_llamagen, peaked_rar], ids=["llamagen", "rar"])
+def lossless_setup(request):
+    model = request.param(vocab=4, grid=2)
     labels = torch.ones(SAMPLES, dtype=torch.long)
     raster = RasterSampler(**OPTIONS)(model, labels, SampleRNG(1, SAMPLES))
     return model, labels, raster

@@ -44,6 +44,21 @@ LARP_AR = Recipe(lr=6e-4, weight_decay=0.05, betas=(0.9, 0.95), grad_clip=0.0, e
 # xAR main_xar.py: AdamW betas (0.9, 0.96), wd 0.02, lr = blr * batch / 256, EMA 0.9999.
 XAR = Recipe(blr=5e-5, weight_decay=0.02, betas=(0.9, 0.96), grad_clip=1.0, ema_decay=0.9999,
              source="xAR main_xar.py")
+# RAR configs/training/generator/rar.yaml: AdamW lr 4e-4, betas (0.9, 0.96), wd 0.03, clip 1.0,
+# cosine to end_lr 1e-5 after a 25% warmup (--warmup-steps here), no EMA (use_ema: False).
+RAR = Recipe(lr=4e-4, weight_decay=0.03, betas=(0.9, 0.96), grad_clip=1.0, ema_decay=0.0,
+             schedule="cosine", min_lr_ratio=0.025, source="1d-tokenizer configs/training/generator/rar.yaml")
+# MAR main_mar.py + README: AdamW betas (0.9, 0.95), wd 0.02, lr = blr * batch / 256 (blr 1e-4),
+# constant after warmup, grad clip 3.0, EMA 0.9999.
+MAR = Recipe(blr=1e-4, weight_decay=0.02, betas=(0.9, 0.95), grad_clip=3.0, ema_decay=0.9999,
+             source="MAR main_mar.py (README training command)")
+# VAR train.py + utils/arg_util.py + README commands: AdamW betas (0.9, 0.95), wd 0.05, grad clip 2,
+# lr = tblr * batch / 256 with tblr 1e-4 (d16, d20) or 8e-5 (d24+), no EMA. Upstream decays the lr
+# linearly ('lin0') to wpe = 0.1 (d16, d20) / 0.01 of it; cosine to the same floor here.
+VAR = Recipe(blr=1e-4, weight_decay=0.05, betas=(0.9, 0.95), grad_clip=2.0, ema_decay=0.0,
+             schedule="cosine", min_lr_ratio=0.1, source="VAR train.py, utils/arg_util.py, README")
+VAR_LARGE = Recipe(blr=8e-5, weight_decay=0.05, betas=(0.9, 0.95), grad_clip=2.0, ema_decay=0.0,
+                   schedule="cosine", min_lr_ratio=0.01, source="VAR train.py, utils/arg_util.py, README")
 TOKENIZER = Recipe(lr=1e-4, weight_decay=0.0, betas=(0.9, 0.95), grad_clip=1.0, ema_decay=0.999,
                    source="vargen tokenizer default")
 CLASSIFIER = Recipe(lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), grad_clip=1.0, ema_decay=0.999,

@@ -27,7 +27,9 @@ _LG = "vargen.models.llamagen"
 _NAR = "vargen.models.nar"
 _XAR = "vargen.models.xar"
 _CAR = "vargen.models.cont_ar"
+_MAR = "vargen.models.mar"
 _VAE = "vargen.tokenizers.diffusers_vae"
+_RAR = "vargen.models.rar"
 _LG_HUB = "FoundationVision/LlamaGen/"
 
 MODELS: Dict[str, ZooEntry] = {
@@ -67,6 +69,10 @@ MODELS: Dict[str, ZooEntry] = {
     "cont-ar-tiny": Z(_CAR, "generator"),
     "cont-ar-b": Z(_CAR, "generator"),
     "cont-ar-b-mingtok": Z(_CAR, "generator"),
+    "mar-b": Z(_MAR, "generator", "LTH14/mar/mar_base/checkpoint-last.pth", pipeline=True),
+    "mar-l": Z(_MAR, "generator", "LTH14/mar/mar_large/checkpoint-last.pth", pipeline=True),
+    "mar-h": Z(_MAR, "generator", "LTH14/mar/mar_huge/checkpoint-last.pth", pipeline=True),
+    "mar-tiny": Z(_MAR, "generator"),
     "digit-classifier": Z("vargen.classifier", "classifier", "weights/digit-classifier"),
     "digit-classifier-tiny": Z("vargen.classifier", "classifier"),
     "vq-mnist": Z("vargen.tokenizers.vq", "tokenizer", "weights/vq-mnist"),
@@ -76,9 +82,29 @@ MODELS: Dict[str, ZooEntry] = {
     "xar-mnist": Z(_XAR, "generator", "weights/xar-mnist", pipeline=True),
     "mingtok-mnist": Z("vargen.tokenizers.mingtok", "tokenizer", "weights/mingtok-mnist"),
     "video-vq-mnist": Z("vargen.tokenizers.video_vq", "tokenizer", "weights/video-vq-mnist"),
+    "mar-mnist": Z(_MAR, "generator", "weights/mar-mnist", pipeline=True),
     "cont-ar-mnist": Z(_CAR, "generator", "weights/cont-ar-mnist", pipeline=True),
     "cont-ar-mingtok-mnist": Z(_CAR, "generator", "weights/cont-ar-mingtok-mnist", pipeline=True),
     "nar-video-mnist": Z("vargen.models.nar_video", "generator", "weights/nar-video-mnist", pipeline=True),
     "raster-video-mnist": Z("vargen.models.raster_video", "generator", "weights/raster-video-mnist", pipeline=True),
+    "var-vqvae": Z("vargen.tokenizers.var_vqvae", "tokenizer", "FoundationVision/var/vae_ch160v4096z32.pth"),
+    "var-vqvae-512": Z("vargen.tokenizers.var_vqvae", "tokenizer", "FoundationVision/var/vae_ch160v4096z32.pth"),
+    "var-vqvae-tiny": Z("vargen.tokenizers.var_vqvae", "tokenizer"),
+    "var-d16": Z("vargen.models.var", "generator", "FoundationVision/var/var_d16.pth", pipeline=True),
+    "var-d20": Z("vargen.models.var", "generator", "FoundationVision/var/var_d20.pth", pipeline=True),
+    "var-d24": Z("vargen.models.var", "generator", "FoundationVision/var/var_d24.pth", pipeline=True),
+    "var-d30": Z("vargen.models.var", "generator", "FoundationVision/var/var_d30.pth", pipeline=True),
+    "var-d36": Z("vargen.models.var", "generator", "FoundationVision/var/var_d36.pth"),
+    "var-tiny": Z("vargen.models.var", "generator"),
+    "var-vqvae-mnist": Z("vargen.tokenizers.var_vqvae", "tokenizer", "weights/var-vqvae-mnist"),
+    "var-mnist": Z("vargen.models.var", "generator", "weights/var-mnist", pipeline=True),
+    "rar-b": Z(_RAR, "generator", "yucornetto/RAR/rar_b.bin", pipeline=True),
+    "rar-l": Z(_RAR, "generator", "yucornetto/RAR/rar_l.bin", pipeline=True),
+    "rar-xl": Z(_RAR, "generator", "yucornetto/RAR/rar_xl.bin", pipeline=True),
+    "rar-xxl": Z(_RAR, "generator", "yucornetto/RAR/rar_xxl.bin", pipeline=True),
+    "rar-tiny": Z(_RAR, "generator"),
+    "rar-mnist": Z(_RAR, "generator", "weights/rar-mnist", pipeline=True),
+    "maskgit-vqgan": Z("vargen.tokenizers.maskgit_vqgan", "tokenizer", "fun-research/TiTok/maskgit-vqgan-imagenet-f16-256.bin"),
+    "maskgit-vqgan-tiny": Z("vargen.tokenizers.maskgit_vqgan", "tokenizer"),
 }
 
