@@ -39,6 +39,7 @@ from timm.layers import Mlp
 
 from vargen import checks, recipes
 from vargen.nn import KVCache
+from vargen.nn.attention import with_cache
 from vargen.registry import Weights, register_model
 
 from .base import Generator
@@ -89,13 +90,7 @@ class RARAttention(nn.Module):
         b, s, dim = x.shape
         q, k, v = self.qkv(x).view(b, s, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, H, S, D]
         q, k = self.q_norm(q), self.k_norm(k)
-        causal = False
-        if self.cache is not None:
-            if mask is None:
-                mask = self.cache.causal_mask(s, device=x.device)
-            k, v = self.cache.append(k, v)
-        elif mask is None:
-            causal = s > 1
+        k, v, mask, causal = with_cache(self.cache, k, v, mask, s)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                              dropout_p=self.attn_dropout if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, s, dim)))

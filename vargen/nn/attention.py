@@ -99,6 +99,18 @@ def block_causal_mask(n_new: int, n_cached: int, device=None) -> torch.Tensor:
     return torch.ones(n_new, n_cached + n_new, dtype=torch.bool, device=device).tril(n_cached)
 
 
+def with_cache(cache: Optional["KVCache"], k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+               q_len: int, causal: bool = True):
+    """Keys and values ``[B, H, S, D]`` through ``cache`` (appended; default mask: causal in cache
+    order) or, without one, ``is_causal`` for SDPA. Returns ``(k, v, mask, is_causal)``."""
+    if cache is not None:
+        if mask is None:
+            mask = cache.causal_mask(q_len, device=k.device)
+        k, v = cache.append(k, v)
+        return k, v, mask, False
+    return k, v, mask, mask is None and causal and q_len > 1
+
+
 class Attention(nn.Module):
     """LlamaGen attention: fused ``wqkv`` (no bias by default), ``wo``, optional GQA, RoPE.
 
@@ -138,13 +150,7 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
-        is_causal = False
-        if self.cache is not None:
-            if mask is None:
-                mask = self.cache.causal_mask(seqlen, device=x.device)
-            k, v = self.cache.append(k, v)
-        elif mask is None:
-            is_causal = self.causal and seqlen > 1
+        k, v, mask, is_causal = with_cache(self.cache, k, v, mask, seqlen, self.causal)
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
