@@ -1,6 +1,7 @@
 """Distributed, resumable sample generation for FID (the ADM ``.npz`` protocol).
 
     python -m vargen.eval.sample --model nar-mnist --num-samples 50000 --out runs/nar
+    python -m vargen.eval.sample --model t2i-mnist --prompts captions.txt --out runs/t2i   # text-to-image
     torchrun --nproc_per_node 8 -m vargen.eval.sample --model ... --num-samples 50000 --out runs/nar
 
 Follows the DiT / LlamaGen ``sample_ddp.py`` and MAR ``evaluate`` pattern (torchrun, per-rank files,
@@ -16,12 +17,14 @@ byte-identical.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -243,12 +246,60 @@ def init_distributed() -> tuple:
     return rank, world_size, torch.device("cpu")
 
 
+# ----------------------------------------------------------------------------- prompt files (text-to-image)
+def read_prompts(path: str) -> List[str]:
+    """Prompts of a ``.txt`` (one a line) or ``.json`` (a list of strings or of caption records)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if str(path).endswith(".json"):
+        items = json.loads(text)
+        if not isinstance(items, list):
+            raise ValueError(f"{path}: expected a JSON list of prompts")
+        prompts = [item["caption"] if isinstance(item, dict) else item for item in items]
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError(f"{path}: no prompts, or an entry that is not a non-empty string")
+    return prompts
+
+
+class PromptPipeline:
+    """A text-to-image pipeline seen by :func:`generate_samples` as a class-conditional one:
+    class ``c`` is prompt ``c`` (``generate(labels, ...)`` samples ``prompts[labels]``)."""
+
+    def __init__(self, pipeline: Any, prompts: Sequence[str], tag: str = ""):
+        if getattr(pipeline, "text_encoder", None) is None:
+            raise ValueError(f"{getattr(pipeline, 'name', '') or 'the pipeline'} is class-conditional; "
+                             f"use python -m vargen.eval.sample")
+        self.pipeline, self.prompts = pipeline, list(prompts)
+        self.name = f"{pipeline.name}+prompts:{tag}" if tag else pipeline.name
+        self.transformer = SimpleNamespace(num_classes=len(self.prompts))
+        self.dtype = pipeline.dtype
+
+    def make_sampler(self, sampler: Any = None, **options: Any):
+        return self.pipeline.make_sampler(sampler, **options)
+
+    def generate(self, labels: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.pipeline.generate(prompt=[self.prompts[int(i)] for i in labels], **kwargs)
+
+
+def generate_prompt_samples(pipeline: Any, prompts: Sequence[str], out_dir, *, num_samples: Optional[int] = None,
+                            tag: str = "", **kwargs: Any) -> Optional[Path]:
+    """:func:`generate_samples` over ``prompts``: sample ``i`` is prompt ``i % len(prompts)``."""
+    if not tag:
+        tag = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+    wrapped = PromptPipeline(pipeline, prompts, tag)
+    return generate_samples(wrapped, num_samples or len(prompts), out_dir, num_classes=len(prompts), **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     positive = checks.cli_number(integer=True, minimum=1)
     p = ArgumentParser(prog="python -m vargen.eval.sample", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="pipeline name (vargen list)")
-    p.add_argument("--num-samples", type=positive, required=True)
+    p.add_argument("--num-samples", type=positive, default=None,
+                   help="required for class-conditional models; with --prompts, default one per prompt")
+    p.add_argument("--prompts", default=None, help="text-to-image: prompt file, .txt (one a line) or .json "
+                   "list; sample i is prompt i %% P (vargen.eval.sample_prompts)")
     p.add_argument("--out", required=True, help="folder for shards and the merged samples.npz")
     p.add_argument("--seed", type=checks.cli_number(integer=True, minimum=0), default=0)
     p.add_argument("--batch-size", type=positive, default=32, help="per-process batch")
@@ -270,6 +321,12 @@ MAX_SAMPLES = 200_000
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line; returns its exit status (2 with one line on stderr for a user error)."""
     def run(args: argparse.Namespace) -> None:
+        prompts = None
+        if args.prompts is not None:
+            prompts = read_prompts(args.prompts)
+            args.num_samples = args.num_samples or len(prompts)
+        elif args.num_samples is None:
+            raise ValueError("--num-samples is required (or --prompts FILE for a text-to-image model)")
         if args.num_samples > MAX_SAMPLES and not args.allow_long_run:
             raise ValueError(f"--num-samples {args.num_samples:,} is more than {MAX_SAMPLES:,} (4x the FID "
                              f"protocol's 50k) and may run for days; pass --allow-long-run to start it anyway")
@@ -278,10 +335,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             from vargen.speed import load_fast_pipeline
             pipeline = load_fast_pipeline(args.model, device, args.dtype, args.compile)
-            out = generate_samples(pipeline, args.num_samples, args.out, seed=args.seed, batch_size=args.batch_size,
-                                   shard_size=args.shard_size, num_classes=args.num_classes, sampler=args.sampler,
-                                   rank=rank, world_size=world_size, progress=not args.no_progress,
-                                   **sampling_options(args))
+            common = dict(seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size, sampler=args.sampler,
+                          rank=rank, world_size=world_size, progress=not args.no_progress, **sampling_options(args))
+            if prompts is not None:
+                out = generate_prompt_samples(pipeline, prompts, args.out, num_samples=args.num_samples, **common)
+            else:
+                out = generate_samples(pipeline, args.num_samples, args.out, num_classes=args.num_classes, **common)
             if out is not None:
                 print(f"wrote {out} ({args.num_samples} images)")
         finally:

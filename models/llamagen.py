@@ -1,4 +1,4 @@
-"""LlamaGen class-conditional raster AR transformer.
+"""LlamaGen raster AR transformer: class-conditional, and text-to-image (``model_type="t2i"``).
 
 Paper: "Autoregressive Model Beats Diffusion: Llama for Scalable Image Generation" (Sun et al.,
 2024, arXiv 2406.06525). Official code: https://github.com/FoundationVision/LlamaGen
@@ -6,6 +6,9 @@ Paper: "Autoregressive Model Beats Diffusion: Llama for Scalable Image Generatio
 ``cls_embedding.embedding_table``, ``layers.{i}.attention.{wqkv,wo}``,
 ``layers.{i}.feed_forward.{w1,w2,w3}``, ``layers.{i}.{attention_norm,ffn_norm}``, ``norm``,
 ``output``. The sequence is ``[class token] + codes``; the condition token gets zero RoPE.
+Text-to-image (``gpt.py`` with ``model_type='t2i'``): 120 caption tokens from T5 features through
+``cls_embedding.cap_proj`` (``vargen.nn.caption``), zero RoPE too, caption padding masked; the
+null condition of CFG is the checkpoint's ``cls_embedding.uncond_embedding``.
 
 The network owns no sampling loop. Samplers drive it through ``setup_cache`` / ``prefill`` /
 ``decode`` / ``truncate_cache``; ``decode`` accepts a block of tokens at any raster positions
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 
 from vargen import recipes
 from vargen.nn import RMSNorm
+from vargen.nn.caption import caption_keep, hide_padding, padded_causal_mask
 from vargen.nn.llama import LlamaConfig, LlamaTrunk, linear_rates
 from vargen.registry import Weights, register_model
 
@@ -43,6 +47,24 @@ class LlamaGen(Generator):
         self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
         self.trunk.init_positions()
         self.trunk.init_weights(zero=[self.output])
+        self._keep: Optional[torch.Tensor] = None  # t2i: [B', L] caption rows kept at prefill
+        self.negative_condition: Optional[torch.Tensor] = None  # t2i: [B, L, D] set by a pipeline call
+
+    @property
+    def is_text_conditioned(self) -> bool:
+        return self.config.model_type == "t2i"
+
+    @property
+    def null_class(self):
+        """The null class id, or for t2i the null caption ``uncond_embedding [L, caption_dim]`` (a
+        pipeline's negative prompts ``[B, L, caption_dim]`` while it runs them)."""
+        if not self.is_text_conditioned:
+            return super().null_class
+        return self.cls_embedding.uncond_embedding if self.negative_condition is None else self.negative_condition
+
+    def clear_cache(self) -> None:
+        super().clear_cache()
+        self._keep = None
 
     def token_embedding(self) -> torch.Tensor:
         """The ``[V, dim]`` input embedding table (GSD's token distances)."""
@@ -58,7 +80,7 @@ class LlamaGen(Generator):
         cls = self.config.cls_token_num
         positions = torch.arange(cls + tokens.shape[1] - 1, device=tokens.device)
         h, rope = self.trunk.embed_block(tokens[:, :-1], labels, positions)  # [B, cls + N - 1, dim]
-        h = self.trunk.run(h, rope, None)
+        h = self.trunk.run(h, rope, self._condition_mask(labels, h.shape[1]))
         logits = self.output(self.norm(h)).float()
         return logits[:, cls - 1:]
 
@@ -71,7 +93,9 @@ class LlamaGen(Generator):
         """Feed the condition token(s); returns logits ``[B, V]`` for the first code."""
         positions = torch.arange(self.config.cls_token_num, device=labels.device)
         h, rope = self.trunk.embed_block(None, labels, positions)  # [B, cls, dim]
-        h = self.trunk.run(h, rope, None)
+        mask = self._condition_mask(labels, h.shape[1])
+        self._keep = None if mask is None else caption_keep(labels)
+        h = self.trunk.run(h, rope, mask)
         return self.output(self.norm(h[:, -1])).float()
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor,
@@ -82,13 +106,36 @@ class LlamaGen(Generator):
         raster order. ``mask`` is bool ``[T, cached + T]`` (default: causal in cache order).
         """
         h, rope = self.trunk.embed_block(tokens, None, positions + self.config.cls_token_num)  # [B, T, dim]
+        if self._keep is not None:  # t2i: caption padding hidden from the new codes
+            cache = self.layers[0].attention.cache
+            if mask is None:
+                mask = cache.causal_mask(tokens.shape[1], device=tokens.device)
+            mask = hide_padding(mask, self._keep.to(tokens.device), tokens.shape[1], cache.length + tokens.shape[1])
         h = self.trunk.run(h, rope, mask)
         return self.output(self.norm(h)).float()
+
+    def _condition_mask(self, labels: torch.Tensor, n: int) -> Optional[torch.Tensor]:
+        """t2i with padded captions: ``[B, 1, n, n]`` causal with padding hidden; else None (causal)."""
+        keep = caption_keep(labels) if self.is_text_conditioned else None
+        return None if keep is None else padded_causal_mask(keep, n)
 
 
 def convert_llamagen_checkpoint(state: dict) -> dict:
     """Official ``c2i_*.pt`` -> vargen: identical keys; drop the non-weight ``freqs_cis`` if present."""
     return {k: v for k, v in state.items() if k != "freqs_cis"}
+
+
+# Not weights: the official rotation table if a file holds it, and the KV caches / causal mask that
+# ``setup_caches`` registers as buffers when a checkpoint was saved after sampling.
+_DROPPED = ("freqs_cis", "causal_mask")
+
+
+def convert_llamagen_t2i_checkpoint(state: dict) -> dict:
+    """Official ``t2i_*.pt`` (its ``model`` / ``module`` / ``state_dict``, unwrapped by the loader)
+    -> vargen: identical keys, ``cls_embedding.uncond_embedding`` included; drops ``freqs_cis``,
+    ``causal_mask`` and ``layers.*.attention.kv_cache.{k,v}_cache`` (non-weights). Loading stays
+    strict: anything else missing or extra is an error naming the key."""
+    return {k: v for k, v in state.items() if k not in _DROPPED and ".kv_cache." not in k}
 
 
 _HUB = "FoundationVision/LlamaGen"
@@ -117,3 +164,24 @@ register_model("llamagen-mnist", LlamaGen, LlamaConfig(
     dim=128, n_layer=6, n_head=4, multiple_of=64, vocab_size=256, num_classes=10, grid_size=8),
     weights=Weights.shipped("llamagen-mnist", "d1254f6542f7b84d01a303d1e0504c47764cc6ffeaa090f4d6dc92be44fccb35"),
     recipe=recipes.LLAMAGEN, pipeline=dict(tokenizer="vq-mnist", cfg_scale=2.0))
+
+# Text-to-image (sample_t2i.py: cfg 7.5, top-k 1000, top-p 1, temperature 1; flan-t5-xl features,
+# 120 tokens, left padding). Stage 1: 256 px, LAION-COCO 50M; tokenizer vq_ds16_t2i (VQ-16).
+_T2I_HUB, _T2I = "peizesun/llamagen_t2i", dict(model_type="t2i", cls_token_num=120, caption_dim=2048)
+T2I_DEFAULTS = dict(cfg_scale=7.5, top_k=1000, top_p=1.0, temperature=1.0)
+register_model("llamagen-t2i-xl", LlamaGen, LlamaConfig(n_layer=36, n_head=20, dim=1280, **_T2I),
+               converter=convert_llamagen_t2i_checkpoint, recipe=recipes.LLAMAGEN,
+               weights=Weights(hub_repo=_T2I_HUB, filename="t2i_XL_stage1_256.pt", source=_SRC),
+               pipeline=dict(tokenizer="llamagen-vq16-t2i", text_encoder="google/flan-t5-xl", **T2I_DEFAULTS))
+# The t2i test model (120 caption tokens of width 16, as released, on a 4x4 grid of 64 codes).
+register_model("llamagen-t2i-tiny", LlamaGen, LlamaConfig(
+    dim=64, n_layer=2, n_head=4, multiple_of=32, vocab_size=64, grid_size=4, model_type="t2i",
+    cls_token_num=120, caption_dim=16, token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0),
+    converter=convert_llamagen_t2i_checkpoint, recipe=recipes.LLAMAGEN)
+# Shipped text-to-image digits: llamagen-mnist's trunk on vq-mnist's 8x8 ids, conditioned on 32 tokens
+# of the frozen byte-level T5 ``t2i-mnist-t5`` (d_model 64): captions of a few bytes need no 120 tokens.
+register_model("t2i-mnist", LlamaGen, LlamaConfig(
+    dim=128, n_layer=6, n_head=4, multiple_of=64, vocab_size=256, grid_size=8, model_type="t2i",
+    cls_token_num=32, caption_dim=64), recipe=recipes.LLAMAGEN,
+    weights=Weights.shipped("t2i-mnist", "74165cc0dc8bf872ccd0bcc67ccd39292f2e7d3f279571ddadc21a2ab04e4c45"),
+    pipeline=dict(tokenizer="vq-mnist", text_encoder="t2i-mnist-t5", cfg_scale=2.0))

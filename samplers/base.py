@@ -45,6 +45,15 @@ def check_class_labels(model: Any, labels: Any, *, name: str = "class_labels",
     return labels
 
 
+def check_labels(model: Any, labels: Any) -> torch.Tensor:
+    """A direct sampler call's conditions: class ids (:func:`check_class_labels`), or for a
+    text-conditioned model its caption features ``[B, L, D]`` (``model.check_labels``)."""
+    if getattr(model, "is_text_conditioned", False) and torch.is_tensor(labels) and labels.is_floating_point():
+        model.check_labels(labels)
+        return labels
+    return check_class_labels(model, labels)
+
+
 class Sampler:
     name = "base"
     capability: type = Conditional  # the protocol (samplers/capabilities.py) this sampler drives
@@ -58,7 +67,8 @@ class Sampler:
     @torch.no_grad()
     def __call__(self, model: Any, labels: torch.Tensor, rng: SampleRNG, *,
                  labels_checked: bool = False) -> torch.Tensor:
-        """Tokens for class ``labels [B]``, sample ``i`` drawn from ``rng``'s generator ``i``.
+        """Tokens for class ``labels [B]`` (a text model: caption features ``[B, L, D]``), sample
+        ``i`` drawn from ``rng``'s generator ``i``.
 
         ``labels_checked=True``: ``labels`` is a long ``[B]`` tensor that already passed
         :func:`check_class_labels` for ``model`` (a pipeline checks all labels of a call once, on
@@ -66,7 +76,7 @@ class Sampler:
         """
         require(model, self.capability, self.name)
         if not labels_checked:
-            labels = check_class_labels(model, labels)
+            labels = check_labels(model, labels)
         if len(rng) != labels.shape[0]:
             raise ValueError(f"{len(rng)} per-sample generators for {labels.shape[0]} labels")
         labels = labels.to(model.device)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -65,8 +65,9 @@ class Guidance:
             return 1.0 + (self.cfg_scale - 1.0) * ramp
         return self.cfg_scale
 
-    def labels(self, labels: torch.Tensor, null_class: Optional[int]) -> torch.Tensor:
-        """The batch the generator runs on: ``[B]``, or ``[2B]`` with the null class appended."""
+    def labels(self, labels: torch.Tensor, null_class: Union[int, torch.Tensor, None]) -> torch.Tensor:
+        """The batch the generator runs on: ``[B, ...]``, or ``[2B, ...]`` with the null condition
+        appended (:func:`cfg_labels`)."""
         return cfg_labels(labels, null_class) if self.uses_cfg else labels
 
     def double(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,11 +101,22 @@ class Guidance:
         return cond if scale == 1.0 else self.mix(out, scale, rule)
 
 
-def cfg_labels(labels: torch.Tensor, null_class: Optional[int]) -> torch.Tensor:
-    """``[B]`` -> ``[2B]``: conditional labels followed by the null class."""
+def cfg_labels(labels: torch.Tensor, null_class: Union[int, torch.Tensor, None]) -> torch.Tensor:
+    """``[B, ...]`` -> ``[2B, ...]``: the conditions followed by the null one.
+
+    Class ids ``[B]`` get the null class id; caption features ``[B, L, D]`` get the null caption
+    ``null_class [L, D]`` (a text model's ``uncond_embedding``), keeping each caption's padding
+    (its zero rows): the release masks the unconditional half with the conditional half's mask.
+    A null per row ``[B, L, D]`` (negative prompts) is taken as it is, with its own padding.
+    """
     if null_class is None:
         raise ValueError("classifier-free guidance (cfg_scale != 1) needs a null class, but this "
                          "generator has none: its cls_embedding.embedding_table holds only the "
                          "class rows (trained with class_dropout_prob=0, as the official "
                          "LabelEmbedder builds it); sample with cfg_scale=1")
+    if torch.is_tensor(null_class):
+        null = null_class.to(device=labels.device, dtype=labels.dtype).expand_as(labels)
+        if null_class.dim() == labels.dim():
+            return torch.cat([labels, null])
+        return torch.cat([labels, torch.where(labels.ne(0).any(-1, keepdim=True), null, 0)])
     return torch.cat([labels, torch.full_like(labels, null_class)])

@@ -30,7 +30,7 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("registry", ("vargen.registry",)),
     ("components", ("vargen.tokenizers", "vargen.tokenizers.*", "vargen.models", "vargen.models.*",
                     "vargen.samplers", "vargen.samplers.*", "vargen.data", "vargen.data.*",
-                    "vargen.classifier")),
+                    "vargen.classifier", "vargen.text", "vargen.text_cache")),
     ("pipeline", ("vargen.pipeline", "vargen.speed")),
     ("eval", ("vargen.eval", "vargen.eval.fvd", "vargen.eval.i3d", "vargen.eval.inception",
               "vargen.eval.metrics", "vargen.eval.metrics_*", "vargen.eval.features", "vargen.eval.recon",

@@ -22,6 +22,15 @@ def _tokens(model, batch):
     return torch.randn(batch, *shape)
 
 
+def _labels(model, batch: int = 2) -> torch.Tensor:
+    """Class ids ``0..batch-1``, or for a text-conditioned model random caption features
+    ``[batch, cls_token_num, caption_dim]`` (no padding rows)."""
+    if getattr(model, "is_text_conditioned", False):
+        c = model.config
+        return torch.randn(batch, c.cls_token_num, c.caption_dim)
+    return torch.arange(batch)
+
+
 # Parameters that may receive no gradient from one training_loss call, with the reason. Empty
 # today: every parameter of every tiny model is reached.
 NO_GRADIENT_ALLOWED: dict = {}
@@ -49,7 +58,7 @@ def test_training_loss_reaches_every_parameter(name):
         for p in model.parameters():
             if p.dim() >= 2 and not p.any():
                 p.normal_(std=0.02)
-    loss, logs = model.training_loss(_inputs(name, model), torch.tensor([0, 1]))
+    loss, logs = model.training_loss(_inputs(name, model), _labels(model))
     assert loss.ndim == 0 and torch.isfinite(loss) and isinstance(logs, dict)
     assert all(isinstance(v, float) for v in logs.values()), logs
     loss.backward()
@@ -62,7 +71,7 @@ def test_training_loss_reaches_every_parameter(name):
 @pytest.mark.parametrize("name", [n for n in TINY if vargen.get_entry(n).kind == "generator"])
 def test_generator_forward_backward_generate(name):
     model = vargen.create_model(name)
-    labels = torch.tensor([0, 1])
+    labels = _labels(model)
     loss, _ = model.training_loss(_tokens(model, 2), labels)
     assert loss.ndim == 0 and torch.isfinite(loss)
     sampler = create_sampler(model.default_sampler)

@@ -79,12 +79,16 @@ def write_samples(samples, path: str, nrow: int, fps: float = 8.0) -> str:
 
 @command("sample")
 def _add_sample(sub):
-    p = sub.add_parser("sample", help="generate a grid of class-conditional samples")
+    p = sub.add_parser("sample", help="generate a grid of class- or text-conditional samples")
     p.add_argument("--model", required=True, help="pipeline name, e.g. nar-mnist")
-    p.add_argument("--classes", type=cli_number(integer=True), nargs="+", required=True,
-                   help="class ids (checked against the model's range once it is loaded)")
+    condition = p.add_mutually_exclusive_group(required=True)
+    condition.add_argument("--classes", type=cli_number(integer=True), nargs="+",
+                           help="class ids (checked against the model's range once it is loaded)")
+    condition.add_argument("--prompt", nargs="+", help="prompts of a text-to-image pipeline "
+                           "(quote each: --prompt \"a red bicycle\" \"a cat\")")
+    p.add_argument("--negative-prompt", default=None, help="text-to-image: the unconditional prompt of CFG")
     p.add_argument("--per-class", type=cli_number(integer=True, minimum=1), default=1,
-                   help="samples per listed class")
+                   help="samples per listed class (or prompt)")
     p.add_argument("--seed", type=cli_number(integer=True, minimum=0), default=0)
     add_sampling_arguments(p)
     add_speed_arguments(p)
@@ -99,22 +103,29 @@ def _add_sample(sub):
         # Everything that can be refused is refused before the pipeline loads or sampling starts.
         check_output(args.out)
         checks.output_file(args.out, "--out")
-        count = len(args.classes) * args.per_class
+        conditions = args.classes if args.prompt is None else args.prompt
+        count = len(conditions) * args.per_class
         if count > MAX_GRID_IMAGES:
-            raise ValueError(f"--per-class {args.per_class} x {len(args.classes)} classes = {count} images, more "
+            raise ValueError(f"--per-class {args.per_class} x {len(conditions)} conditions = {count} images, more "
                              f"than one grid holds ({MAX_GRID_IMAGES}); for many samples use "
                              f"`python -m vargen.eval.sample --model {args.model} --num-samples {count} --out DIR`, "
                              f"which streams them to resumable shards")
         device = checks.device(args.device)
         from vargen.speed import load_fast_pipeline
         pipe = load_fast_pipeline(args.model, device, args.dtype, args.compile)
-        checks.class_labels(args.classes, pipe.transformer.num_classes, name=f"--classes ({args.model})")
+        if args.prompt is None:
+            checks.class_labels(args.classes, pipe.transformer.num_classes, name=f"--classes ({args.model})")
+        elif getattr(pipe, "text_encoder", None) is None:
+            raise ValueError(f"--prompt: {args.model} is class-conditional; pass --classes")
         check_output_kind(args.out, pipe.is_video)
         options = sampling_options(args)
         pipe.make_sampler(args.sampler, **options)  # a refused option fails before sampling
-        labels = [c for c in args.classes for _ in range(args.per_class)]
-        images = pipe.generate(labels, seed=args.seed, sampler=args.sampler, progress=True,
-                               batch_size=args.batch_size, **options)
+        if args.prompt is not None:
+            options.update(prompt=[c for c in args.prompt for _ in range(args.per_class)],
+                           negative_prompt=args.negative_prompt)
+        labels = [c for c in conditions for _ in range(args.per_class)]
+        images = pipe.generate(None if args.prompt else labels, seed=args.seed, sampler=args.sampler,
+                               progress=True, batch_size=args.batch_size, **options)
         # One row per class when several samples per class were asked for.
         kind = write_samples(images, args.out, nrow=args.per_class if args.per_class > 1
                              else min(len(labels), 10), fps=args.fps)

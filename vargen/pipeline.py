@@ -67,9 +67,10 @@ class Pipeline:
     diffusers' name for a DiT's denoiser) and the default ``sampler`` with its options."""
 
     def __init__(self, tokenizer: torch.nn.Module, transformer: torch.nn.Module, sampler: str = "raster",
-                 sampler_options: Optional[Dict[str, Any]] = None, name: str = ""):
-        self.tokenizer = tokenizer.eval()
-        self.transformer = transformer.eval()
+                 sampler_options: Optional[Dict[str, Any]] = None, name: str = "",
+                 text_encoder: Optional[torch.nn.Module] = None):
+        self.tokenizer, self.transformer = tokenizer.eval(), transformer.eval()
+        self.text_encoder = text_encoder.eval() if text_encoder is not None else None  # vargen.text
         if getattr(transformer, "uses_tokenizer", False):  # inputs embedded by the tokenizer (cont-AR + MingTok)
             transformer.attach_tokenizer(self.tokenizer)
         self.default_sampler = sampler
@@ -111,6 +112,8 @@ class Pipeline:
             raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
         for model in (self.tokenizer, self.transformer):
             model.to(device=device, dtype=dtype)
+        if self.text_encoder is not None:  # its own dtype (bf16 on GPU as released; fp16 overflows T5)
+            self.text_encoder.to(device=device)
         return self
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
@@ -140,8 +143,8 @@ class Pipeline:
         return create_sampler(name, **{**defaults, **options})
 
     @torch.no_grad()
-    def generate(self, class_labels: Union[int, Sequence[int], torch.Tensor], seed: Optional[int] = None,
-                 sample_offset: int = 0, sampler: Any = None, batch_size: int = 64,
+    def generate(self, class_labels: Union[int, Sequence[int], torch.Tensor, str, Sequence[str], None] = None,
+                 seed: Optional[int] = None, sample_offset: int = 0, sampler: Any = None, batch_size: int = 64,
                  progress: Optional[bool] = None, **sampler_options: Any) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` (clips ``[B, 3, T, H, W]``) in [-1, 1] for ``class_labels``:
         ``pipe(class_labels, ..., output_type="pt").images``, the same arguments and defaults
@@ -150,13 +153,14 @@ class Pipeline:
                          sampler_options)
 
     @torch.no_grad()
-    def __call__(self, class_labels: Union[int, Sequence[int], torch.Tensor],
+    def __call__(self, class_labels: Union[int, Sequence[int], torch.Tensor, str, Sequence[str], None] = None,
                  num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
                  generator: Union[torch.Generator, Sequence[torch.Generator], None] = None,
                  seed: Optional[int] = None, output_type: str = "pil", return_dict: bool = True,
                  sampler: Any = None, batch_size: int = 64, *, sample_offset: int = 0,
                  progress: Optional[bool] = None, **sampler_options: Any):
-        """diffusers' call (``DiTPipeline.__call__``): ``.images`` (``.videos``) for ``class_labels``.
+        """diffusers' call (``DiTPipeline.__call__``): ``.images`` (``.videos``) for ``class_labels``, or
+        a text-to-image pipeline's ``prompt`` (str or list, or the first argument) and ``negative_prompt``.
 
         ``guidance_scale`` is the sampler's ``cfg_scale``; ``num_inference_steps`` a flow sampler's
         ``num_steps`` (a discrete sampler has no steps to set). Randomness is per sample: pass
@@ -187,7 +191,9 @@ class Pipeline:
         ``guidance_scale``, ``num_inference_steps`` (None: not given)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        labels = self._labels(class_labels)
+        from vargen.text import call_conditions  # class ids [B] or the prompts' caption features [B, L, D]
+        labels, negatives = call_conditions(self, class_labels, options.pop("prompt", None),
+                                            options.pop("negative_prompt", None))
         batch_size = checks.number("batch_size", batch_size, minimum=1, integer=True)
         sample_offset = checks.number("sample_offset", sample_offset, minimum=0, integer=True)
         generator = options.pop("generator", None)
@@ -195,7 +201,7 @@ class Pipeline:
         rng_for = self._rng_source(len(labels), generator, seed, sample_offset)
         sampler = self.make_sampler(sampler, **options)
         decoded = self._sample(labels, rng_for, sampler, batch_size, progress,
-                               decode=output_type != "latent")
+                               decode=output_type != "latent", negatives=negatives)
         return decoded if output_type in ("pt", "latent") else _postprocess(decoded, output_type)
 
     def _labels(self, class_labels: Union[int, Sequence[int], torch.Tensor]) -> torch.Tensor:
@@ -210,15 +216,18 @@ class Pipeline:
         return labels
 
     def _sample(self, labels: torch.Tensor, rng_for: Callable[[int, int], SampleRNG], sampler: Any,
-                batch_size: int, progress: Optional[bool], decode: bool = True) -> torch.Tensor:
+                batch_size: int, progress: Optional[bool], decode: bool = True,
+                negatives: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The batch loop; ``labels`` checked (on the host), ``rng_for(start, n)`` seeds labels
         ``start .. start + n``."""
+        from vargen.text import negative_condition
         out, passes = [], 0
         with self.progress_bar(len(labels), **({} if progress is None else {"disable": not progress})) as bar, \
                 checks.OutputWatch(self.transformer) as watch:
             for start in range(0, len(labels), batch_size):
                 chunk = labels[start:start + batch_size]
-                tokens = sampler(self.transformer, chunk, rng_for(start, len(chunk)), labels_checked=True)
+                with negative_condition(self.transformer, negatives, slice(start, start + batch_size)):
+                    tokens = sampler(self.transformer, chunk, rng_for(start, len(chunk)), labels_checked=True)
                 watch.check(tokens, start, len(chunk))
                 passes += sampler.stats.get("forward_passes", 0)
                 out.append(self.tokenizer.decode(tokens).clamp(-1, 1).float().cpu() if decode
@@ -284,8 +293,8 @@ class Pipeline:
         return lambda start, count: SampleRNG.from_seeds(seeds[start:start + count], device=self.device)
 
     def save_pretrained(self, save_directory: Union[str, Path]) -> Path:
-        """Write ``pipeline.json`` (component classes, sampler and options) plus ``tokenizer/`` and
-        ``transformer/`` (each model's ``save_pretrained``), atomically: a killed save leaves
+        """Write ``pipeline.json`` (component classes, sampler and options) plus ``tokenizer/``,
+        ``transformer/`` (and ``text_encoder/``; each ``save_pretrained``), atomically: a killed save leaves
         nothing. An existing folder is replaced only if it is empty or a saved pipeline."""
         target = Path(save_directory)
         if target.exists() and (not target.is_dir() or (any(target.iterdir())
@@ -295,11 +304,15 @@ class Pipeline:
         index = {"_class_name": type(self).__name__, "_vargen_version": _version(), "name": self.name,
                  "sampler": self.default_sampler, "sampler_options": self.sampler_options,
                  **{c: ["vargen", type(getattr(self, c)).__name__] for c in COMPONENTS}}
+        if self.text_encoder is not None:  # text-to-image: transformers' folder (vargen.text)
+            index["text_encoder"] = ["transformers", type(self.text_encoder.encoder).__name__]
         text = json.dumps(index, indent=2, sort_keys=True)  # fails before anything is written
 
         def write(folder: Path) -> None:
             for component in COMPONENTS:
                 getattr(self, component).save_pretrained(folder / component)
+            if self.text_encoder is not None:
+                self.text_encoder.save_pretrained(folder / "text_encoder")
             (folder / PIPELINE_INDEX).write_text(text)
         return atomic_dir(target, write)
 
@@ -328,18 +341,22 @@ def load_pipeline(name: str, pretrained: bool = True, device: Union[str, torch.d
                   tokenizer_weights: Any = None, generator_weights: Any = None,
                   torch_dtype: Optional[torch.dtype] = None, *, revision: Optional[str] = None,
                   cache_dir: Optional[str] = None, local_files_only: bool = False,
-                  token: Optional[str] = None) -> Pipeline:
+                  token: Optional[str] = None, text_encoder: Any = None) -> Pipeline:
     """Build pipeline ``name``: a registered name (its registered weights by default;
     ``pretrained=False``: random init; explicit ``*_weights``: a folder, Hub repo id or official
     checkpoint file), or a folder / Hub repo id written by :meth:`Pipeline.save_pretrained`
     (Hub cache and ``HF_HUB_OFFLINE`` respected; a registered name wins over a same-named folder,
-    use ``./name``). ``torch_dtype`` casts both models (e.g. ``torch.bfloat16``)."""
+    use ``./name``). ``torch_dtype`` casts both models (e.g. ``torch.bfloat16``). Text-to-image: its
+    registered text encoder or ``text_encoder`` (repo id, folder or a loaded one; vargen.text)."""
     device = checks.device(device, "device")  # before any weights are read
     if name in list_pipelines():
         spec = get_pipeline_spec(name)
         tokenizer = create_model(spec.tokenizer, pretrained=tokenizer_weights or pretrained)
         transformer = create_model(spec.generator, pretrained=generator_weights or pretrained)
-        pipe = Pipeline(tokenizer, transformer, spec.sampler, spec.sampler_options, name)
+        from vargen.text import as_text_encoder  # transformers only where a text encoder loads
+        encoder = as_text_encoder(text_encoder or spec.text_encoder, device=device, revision=revision,
+                                  cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+        pipe = Pipeline(tokenizer, transformer, spec.sampler, spec.sampler_options, name, encoder)
     else:
         if tokenizer_weights is not None or generator_weights is not None or pretrained is not True:
             raise ValueError("pretrained, tokenizer_weights and generator_weights apply to registered "
@@ -374,8 +391,10 @@ def _load_saved(source: str, **hub_kwargs: Any) -> Pipeline:
             raise ValueError(f"{index_path}: {component!r} must be [\"vargen\", CLASS], got {entry!r}")
         cls = model_class_named(entry[1], kind=KINDS[component], where=str(index_path))
         models[component] = cls.from_pretrained(folder / key)
+    from vargen.text import as_text_encoder
+    encoder = as_text_encoder(folder / "text_encoder" if "text_encoder" in index else None)
     return Pipeline(models["tokenizer"], models["transformer"], index.get("sampler", "raster"),
-                    index.get("sampler_options", {}), index.get("name", ""))
+                    index.get("sampler_options", {}), index.get("name", ""), encoder)
 
 
 __all__ = ["Pipeline", "ImagePipelineOutput", "VideoPipelineOutput", "load_pipeline", "PIPELINE_INDEX"]

@@ -111,7 +111,7 @@ def register_model(name: str, model_cls: type, config: Any, weights: Optional[We
     ``vargen train`` run leaves unset (default: the class's ``default_recipe``, else
     ``recipes.DEFAULT``). ``pipeline`` (generators) registers the pipeline ``name``:
     ``dict(tokenizer=NAME, sampler=NAME, **sampler_options)``, the sampler defaulting to the
-    class's ``default_sampler``.
+    class's ``default_sampler`` (text-to-image: ``text_encoder=REPO_OR_FOLDER`` too).
     """
     _check_name(name, "model")
     if name in _REGISTRY:
@@ -131,7 +131,8 @@ def register_model(name: str, model_cls: type, config: Any, weights: Optional[We
         if not tokenizer:
             raise ValueError(f"{name!r}: pipeline=dict(tokenizer=NAME, ...) needs the tokenizer's name")
         sampler = options.pop("sampler", getattr(model_cls, "default_sampler", "raster"))
-        _PIPELINES[name] = PipelineSpec(name, tokenizer, name, sampler, options)
+        text_encoder = options.pop("text_encoder", None)
+        _PIPELINES[name] = PipelineSpec(name, tokenizer, name, sampler, options, text_encoder)
     _REGISTRY[name] = entry
     return entry
 
@@ -251,6 +252,7 @@ class PipelineSpec:
     generator: str
     sampler: str = "raster"
     sampler_options: Dict[str, Any] = field(default_factory=dict)
+    text_encoder: Optional[str] = None  # text-to-image: a Hub repo id or folder (vargen.text)
 
 
 _PIPELINES: Dict[str, PipelineSpec] = {}

@@ -25,11 +25,13 @@ import torch
 import torch.nn as nn
 
 from .attention import Attention
+from .caption import CaptionEmbedder
 from .layers import LabelEmbedder, swiglu_hidden_dim
 from .rope import rope_2d
 from .transformer import TransformerBlock
 
 POSITION_EMBEDDINGS = ("rope_2d", "absolute")
+MODEL_TYPES = ("c2i", "t2i")  # class ids, or caption features (vargen.nn.caption)
 
 
 @dataclass
@@ -52,7 +54,9 @@ class LlamaConfig:
     ffn_dropout_p: float = 0.1
     drop_path_rate: float = 0.0
     num_classes: int = 1000
-    class_dropout_prob: float = 0.1
+    class_dropout_prob: float = 0.1  # class (or caption, for t2i) dropout in training
+    model_type: str = "c2i"  # "t2i": cls_token_num caption tokens from caption_dim T5 features
+    caption_dim: int = 2048
     vocab_size: int = 16384
     cls_token_num: int = 1
     position_embedding: str = "rope_2d"  # or "absolute"
@@ -96,7 +100,12 @@ class LlamaTrunk:
             raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, "
                              f"got {c.position_embedding!r}")
         self.owner, self.config, self.token_grid = owner, config, tuple(token_grid)
-        owner.cls_embedding = LabelEmbedder(c.num_classes, c.dim, c.class_dropout_prob)
+        if getattr(c, "model_type", "c2i") not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {c.model_type!r}")
+        if getattr(c, "model_type", "c2i") == "t2i":
+            owner.cls_embedding = CaptionEmbedder(c.caption_dim, c.dim, c.class_dropout_prob, c.cls_token_num)
+        else:
+            owner.cls_embedding = LabelEmbedder(c.num_classes, c.dim, c.class_dropout_prob)
         if code_embeddings:
             owner.tok_embeddings = nn.Embedding(c.vocab_size, c.dim)
         owner.tok_dropout = nn.Dropout(c.token_dropout_p)
@@ -139,7 +148,9 @@ class LlamaTrunk:
 
     # ----------------------------------------------------------------------------- running
     def condition(self, labels: torch.Tensor) -> torch.Tensor:
-        """Class tokens ``[B, cls, dim]``."""
+        """Condition tokens ``[B, cls, dim]``: the class token repeated, or the embedded caption."""
+        if isinstance(self.owner.cls_embedding, CaptionEmbedder):
+            return self.owner.cls_embedding(labels)[:, :self.config.cls_token_num]
         return self.owner.cls_embedding(labels)[:, None].expand(-1, self.config.cls_token_num, -1)
 
     def embed(self, tokens: Optional[torch.Tensor], labels: Optional[torch.Tensor]) -> torch.Tensor:

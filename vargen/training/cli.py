@@ -52,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=d.image_size)
     p.add_argument("--tokenizer", default=None, help="tokenizer for generators: registered name "
                    "with weights or save_pretrained folder")
+    p.add_argument("--captions", default=None, help="text-to-image: caption the labels with a caption set "
+                   "(mnist-templates)")
+    p.add_argument("--text-encoder", default=None, help="text-to-image: the captions' encoder (a shipped "
+                   "name such as t2i-mnist-t5, a folder or a Hub repo id); features cached once")
     p.add_argument("--steps", type=COUNT, default=d.steps)
     p.add_argument("--batch-size", type=cli_number(integer=True, minimum=1, maximum=MAX_BATCH_SIZE),
                    default=d.batch_size, help="global batch size")

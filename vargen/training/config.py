@@ -12,7 +12,8 @@ from vargen.recipes import Recipe
 
 # Fields that must not change when a run resumes from its checkpoint.
 # "steps" too under a cosine schedule (it sets the schedule); a constant-lr run may be extended.
-RESUME_KEYS = ("model", "overrides", "data", "split", "image_size", "tokenizer", "batch_size", "seed",
+RESUME_KEYS = ("model", "overrides", "data", "split", "image_size", "tokenizer", "captions", "text_encoder",
+               "batch_size", "seed",
                "lr", "min_lr", "schedule", "warmup_steps", "weight_decay", "betas", "grad_clip",
                "ema_decay", "precision")
 _FROM_RECIPE = ("weight_decay", "betas", "grad_clip", "ema_decay", "schedule")
@@ -27,6 +28,8 @@ class TrainConfig:
     split: str = "train"
     image_size: int = 32
     tokenizer: Optional[str] = None  # registered name (with weights) or save_pretrained folder
+    captions: Optional[str] = None   # text-to-image: labels -> captions (vargen.data.captions)
+    text_encoder: Optional[str] = None  # text-to-image: encoder of the captions (vargen.text)
     overrides: Dict[str, Any] = field(default_factory=dict)  # model config fields
     steps: int = 1000
     batch_size: int = 64             # global batch, split evenly over DDP ranks
@@ -90,6 +93,8 @@ def command_line(cfg: TrainConfig) -> str:
     parts += [f"--override {shlex.quote(f'{k}={v!r}'.replace(' ', ''))}" for k, v in cfg.overrides.items()]
     if cfg.tokenizer:
         parts.append(f"--tokenizer {cfg.tokenizer}")
+    if cfg.captions:
+        parts.append(f"--captions {cfg.captions} --text-encoder {cfg.text_encoder}")
     parts += [f"--steps {cfg.steps}", f"--batch-size {cfg.batch_size}", f"--lr {cfg.lr:g}",
               f"--weight-decay {cfg.weight_decay:g}", f"--betas {cfg.betas[0]:g} {cfg.betas[1]:g}",
               f"--grad-clip {cfg.grad_clip:g}", f"--ema-decay {cfg.ema_decay:g}",

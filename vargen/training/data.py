@@ -3,6 +3,9 @@
 A model declares its training data with the class attribute ``trains_on``: ``"images"``
 (tokenizers, classifiers: a dataset name or image folder) or ``"tokens"`` (generators: token
 grids extracted once by a tokenizer, :mod:`vargen.data.cache`, or a token ``.safetensors`` file).
+A text-to-image run (``--captions SET --text-encoder ENC``) turns the class labels into captions
+(:mod:`vargen.data.captions`) whose features are encoded once and cached
+(:mod:`vargen.text_cache`); its ``labels`` give ``[B, L, D]`` caption features per batch.
 """
 from __future__ import annotations
 
@@ -54,6 +57,43 @@ class GlobalBatchSampler:
         return self.global_batch(step)[rank * per_rank:(rank + 1) * per_rank]
 
 
+class CaptionConditions:
+    """A text-to-image run's labels: sample ``i``'s caption features ``features[index[i]]``,
+    gathered into ``[B, L, D]`` when a batch is indexed."""
+
+    def __init__(self, features, index: torch.Tensor, captions):
+        self.features, self.index, self.captions = features, index, captions
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.features[self.index[idx]]
+
+
+def _with_captions(cfg: TrainConfig, data: Dict, rank: int, world_size: int) -> Dict:
+    """``data`` with its class labels replaced by caption features (``--captions``)."""
+    if not cfg.captions:
+        return data
+    if not cfg.text_encoder:
+        raise ValueError(f"--captions {cfg.captions} needs --text-encoder NAME_OR_FOLDER (e.g. t2i-mnist-t5)")
+    if not torch.is_tensor(data["labels"]):
+        raise ValueError(f"--captions needs a token file or a dataset name, not a streaming cache ({cfg.data})")
+    from vargen.data.captions import template_captions
+    from vargen.text import as_text_encoder
+    from vargen.text_cache import cached_caption_features
+    captions, index = template_captions(cfg.captions, data["labels"], seed=cfg.seed)
+    encoder = as_text_encoder(cfg.text_encoder)
+    cache_dir = None if cfg.cache_dir is None else f"{cfg.cache_dir}/captions"
+    if rank == 0:  # rank 0 encodes (or reads) the cache; the others wait, then read it
+        features = cached_caption_features(encoder, captions, cache_dir)
+    if world_size > 1:
+        dist.barrier()
+    if rank != 0:
+        features = cached_caption_features(encoder, captions, cache_dir)
+    return {**data, "labels": CaptionConditions(features, index, captions)}
+
+
 def check_data(model: nn.Module, data: Dict[str, torch.Tensor], source: str) -> None:
     """Refuse data the model cannot train on before a run folder exists: token ids outside the
     generator's vocabulary, labels outside its classes, NaN / inf latents or pixels."""
@@ -61,6 +101,10 @@ def check_data(model: nn.Module, data: Dict[str, torch.Tensor], source: str) -> 
     if hasattr(inputs, "first_shard"):  # a streaming cache: its first shard stands for the rest
         inputs, labels = inputs.first_shard()
     where = f"--data {source}" + (f" (token cache {data['file']}: delete it if stale)" if data.get("file") else "")
+    text = bool(getattr(model, "is_text_conditioned", False))
+    if text != isinstance(labels, CaptionConditions):
+        raise ValueError(f"{where}: the model is {'text' if text else 'class'}-conditioned; "
+                         + ("pass --captions SET --text-encoder NAME" if text else "drop --captions"))
     if getattr(model, "kind", None) == "generator":
         if model.is_discrete:
             try:
@@ -70,14 +114,23 @@ def check_data(model: nn.Module, data: Dict[str, torch.Tensor], source: str) -> 
                               f"from this generator's tokenizer?)") from None
         else:
             checks.finite(f"{where}: latents", inputs)
-        checks.class_labels(labels, model.num_classes, name=f"{where}: labels")
+        if text:  # the first few samples' caption features (width, length, finite)
+            model.check_labels(labels[torch.arange(min(len(labels), 4))])
+        else:
+            checks.class_labels(labels, model.num_classes, name=f"{where}: labels")
     else:
         checks.finite(f"{where}: inputs", inputs)
 
 
 def load_data(cfg: TrainConfig, trains_on: str, device: torch.device, rank: int,
               world_size: int) -> Dict[str, torch.Tensor]:
-    """``{"inputs", "labels"}`` (on CPU) of the kind of data the model ``trains_on``."""
+    """``{"inputs", "labels"}`` (on CPU) of the kind of data the model ``trains_on``; labels are
+    caption features (:class:`CaptionConditions`) with ``cfg.captions``."""
+    return _with_captions(cfg, _load_inputs(cfg, trains_on, device, rank, world_size), rank, world_size)
+
+
+def _load_inputs(cfg: TrainConfig, trains_on: str, device: torch.device, rank: int,
+                 world_size: int) -> Dict[str, torch.Tensor]:
     from vargen.data import cache, get_dataset, shards
     if trains_on not in TRAINS_ON:
         raise ValueError(f"{cfg.model} declares trains_on={trains_on!r}; expected one of {TRAINS_ON}")
