@@ -46,13 +46,14 @@ TRUNKS = {
              "video-nar": dict(n_layer=4, dim=256, n_head=4),
              "cont-ar": dict(n_layer=4, dim=256, n_head=4, vis_dim=256, head_width=256, head_depth=2),
              "rar": dict(n_layer=4, dim=256, n_head=4, intermediate_size=1024),
+             "var": dict(depth=4, embed_dim=256, num_heads=4),  # VAR-d4 (width 64 d, d heads)
              "mar": dict(dim=256, decoder_dim=256, encoder_depth=2, decoder_depth=2, n_head=4, decoder_n_head=4,
                          head_width=256, head_depth=2)},
     "b": {"raster": {}, "nar": {}, "xar": {}, "video-nar": dict(n_layer=12, dim=768, n_head=12), "cont-ar": {},
-          "rar": {}, "mar": {}},
+          "rar": {}, "mar": {}, "var": {}},
 }
 EVAL_SECTIONS = ("inception", "i3d", "speculative")
-PAPER_IMG_PER_S = {"nar": 419.7, "raster": 117.9}  # NAR paper, A100: NAR-B and LlamaGen-B
+PAPER_IMG_PER_S = {"nar": 419.7, "raster": 117.9, "var": 129.0}  # NAR paper, A100: NAR-B, LlamaGen-B, VAR-d16
 
 
 # ----------------------------------------------------------------------------- the command
@@ -77,7 +78,7 @@ def generator_jobs(args) -> List[dict]:
                              num_steps=args.xar_steps if family == "xar" else args.head_steps,
                              latent_shape=args.video_shape, dtype=args.dtype, device=args.device,
                              seed=args.seed, threads=args.threads, official_root=args.official_root,
-                             compile=args.compile))
+                             compile=args.compile, var_cfg=args.var_cfg, var_decode=args.var_decode))
     return jobs
 
 
@@ -142,7 +143,27 @@ def generator_table(rows: List[dict], args) -> str:
     if raster and nar:
         lines.append(f"\nNAR vs raster on the same trunk (vargen, this run): **{raster['min_s'] / nar['min_s']:.2f}×** "
                      f"(median {raster['median_s'] / nar['median_s']:.2f}×; {raster['passes']} vs {nar['passes']} passes)")
+    lines += var_lines(by, args)
     return "\n".join(lines)
+
+
+def var_lines(by: Dict[tuple, dict], args) -> List[str]:
+    """What the VAR rows time, and img/s of vargen's VAR vs raster vs NAR at this run's batch (the NAR
+    paper's A100 comparison: VAR-d16 129, LlamaGen-B 118, NAR-B 420 img/s)."""
+    if not any(f == "var" for f, _ in by):
+        return []
+    work = ("the official `autoregressive_infer_cfg` decodes f_hat to pixels (VQVAE decoder, 256 px); "
+            "vargen's rows decode too" if args.var_decode else "tokens: the official "
+            "`autoregressive_infer_cfg` with its final `vae.fhat_to_img` (the VQVAE decoder) replaced by the "
+            "identity; the quantizer's phi convs that build each scale's input run on both sides")
+    lines = [f"\nVAR rows time {work}; VAR cfg {args.var_cfg} linear in the scale (vargen cfg_scale "
+             f"{1 + args.var_cfg}), top-k 900, top-p 0.96 (README FID run), 680 ids in 10 passes."]
+    rates = [(FAMILIES[f][2], args.batch / by[(f, "vargen")]["min_s"], PAPER_IMG_PER_S[f])
+             for f in ("var", "raster", "nar") if (f, "vargen") in by]
+    if len(rates) > 1:
+        lines.append("\nimg/s at batch {} (vargen, this run; NAR paper on an A100): ".format(args.batch)
+                     + ", ".join(f"{name} **{r:.2f}** ({paper:g})" for name, r, paper in rates))
+    return lines
 
 
 def rows_table(title: str, rows: List[dict], columns: Dict[str, str]) -> str:
@@ -254,7 +275,8 @@ def header(args) -> str:
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_name()
     return (f"`{command_line(args.argv)}`: torch {torch.__version__}, {device}, "
             f"{args.threads} threads, {args.dtype}, compile {args.compile}, size {args.size}, batch {args.batch}, "
-            f"CFG {args.cfg} (xAR {args.xar_cfg}, {args.xar_steps} SDE steps per cell), top-k {args.top_k}, "
+            f"CFG {args.cfg} (xAR {args.xar_cfg}, {args.xar_steps} SDE steps per cell; VAR {args.var_cfg}), "
+            f"top-k {args.top_k}, "
             f"{args.repeats} rounds A B / B A; load average at the start {os.getloadavg()[0]:.2f}"
             f"{'; ' + args.note if args.note else ''}; {time.strftime('%Y-%m-%d')}")
 
@@ -293,6 +315,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "CUDA graphs on CUDA)")
     p.add_argument("--cfg", type=float, default=2.0, help="CFG of the discrete generators")
     p.add_argument("--xar-cfg", type=float, default=2.7, help="xAR-B's official CFG")
+    p.add_argument("--var-cfg", type=float, default=1.5,
+                   help="VAR's official cfg (README FID run 1.5; vargen's cfg_scale is 1 + it)")
+    p.add_argument("--var-decode", action="store_true",
+                   help="VAR rows include the VQVAE decoder (the official function's fhat_to_img)")
     p.add_argument("--xar-steps", type=int, default=None, help="flow steps per xAR cell (default 40; 10 quick)")
     p.add_argument("--head-steps", type=int, default=None, help="flow-head steps of the continuous AR")
     p.add_argument("--top-k", type=int, default=0)

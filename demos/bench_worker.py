@@ -27,6 +27,7 @@ FAMILIES = {
     "video-nar": ("nar-video-l", "neighbor", "NAR video"),
     "rar": ("rar-b", "raster", "RAR raster"),
     "mar": ("mar-b", "mar", "MAR"),
+    "var": ("var-d16", "next-scale", "VAR next-scale"),
 }
 NO_OFFICIAL = {"cont-ar": "Ming-UniVision's generator is its 16B MoE language model (Ling); no "
                           "class-conditional continuous-token AR is released to run at this size"}
@@ -42,6 +43,9 @@ def sampler_options(family: str, spec: dict) -> dict:
                     cfg_schedule="linear")
     if family == "rar":  # RAR-B's released pow-cosine schedule, no top-k (official generate)
         return dict(cfg_scale=spec["cfg"], cfg_schedule="pow-cosine", cfg_power=2.75)
+    if family == "var":  # VAR README's FID run: cfg 1.5 (linear in the scale) = cfg_scale 2.5 here
+        return dict(cfg_scale=1.0 + spec.get("var_cfg", 1.5), cfg_schedule="linear", top_k=spec.get("var_top_k", 900),
+                    top_p=spec.get("var_top_p", 0.96), more_smooth=False)
     return dict(cfg_scale=spec["cfg"], top_k=spec["top_k"])
 
 
@@ -61,13 +65,15 @@ def vargen_generator(family: str, spec: dict, torch_dtype):
     if family == "video-nar":
         overrides["latent_shape"] = tuple(spec["latent_shape"])
     model = create_model(name, **overrides)
-    state = None
+    state, tokenizer = None, None
     if spec.get("official_root") and family not in NO_OFFICIAL:
         try:
-            state = official.build(family, spec["official_root"], spec["trunk"], {**spec, "dtype": torch.float32}
-                                   ).state_dict()
+            built = official.build(family, spec["official_root"], spec["trunk"], {**spec, "dtype": torch.float32})
+            state, tokenizer = built.state_dict(), built.tokenizer
         except official.OfficialMissing:
             state = None
+    if family == "var":  # the VQVAE: the official one's weights through vargen's converter, or seeded
+        tokenizer = var_tokenizer(model, tokenizer, spec)
     if state is not None:
         converter = get_entry(name).weights.converter
         state = {k: v for k, v in state.items() if "kv_cache" not in k and k not in ("causal_mask", "mask")}
@@ -83,8 +89,27 @@ def vargen_generator(family: str, spec: dict, torch_dtype):
 
     def generate(labels):
         out = sampler(model, labels % num_classes, SampleRNG(spec["seed"], labels.shape[0], device="cpu"))
+        if family == "var" and spec.get("var_decode"):  # the official's fhat_to_img, clamp and [0, 1]
+            out = tokenizer.decode(out).clamp_(-1, 1).add_(1).mul_(0.5)
         return out, sampler.stats
     return model, generate
+
+
+def var_tokenizer(model, official_vae, spec: dict):
+    """vargen's ``var-vqvae`` at the trunk's patch_nums, attached to ``model``: the official VQVAE's
+    weights through the registered converter (strict), else the seeded init."""
+    import torch
+
+    from vargen.hub import load_state_dict_strict
+    from vargen.registry import create_model, get_entry
+    torch.manual_seed(spec["seed"])
+    tok = create_model("var-vqvae", patch_nums=tuple(model.patch_nums))
+    if official_vae is not None:
+        state = {k: v.float() for k, v in official_vae.state_dict().items()}
+        load_state_dict_strict(tok, get_entry("var-vqvae").weights.converter(state), source="official VQVAE")
+    tok = tok.eval().to(spec["device"])
+    model.attach_tokenizer(tok)
+    return tok
 
 
 def worker(spec: dict) -> dict:

@@ -8,6 +8,7 @@ checkout at the benchmark's config. Never imported by vargen or its tests.
     DIR/xAR        https://github.com/OliverRensu/xAR             models/{xar,sampler}.py
     DIR/1d-tokenizer  https://github.com/bytedance/1d-tokenizer   modeling/rar.py (RAR)
     DIR/mar        https://github.com/LTH14/mar                   models/{mar,diffloss}.py, diffusion/
+    DIR/VAR        https://github.com/FoundationVision/VAR        models/{var,basic_var,vqvae,quant}.py
 
 Each builder makes the official model with its own initialisation under ``torch.manual_seed(seed)``
 (zero-initialised output heads get N(0, 0.02) so logits vary), and returns it with a
@@ -23,14 +24,15 @@ import types
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
 
 # repository folder under --official-root, and the sub-folder put on sys.path
 REPOS = {"raster": ("LlamaGen", "."), "nar": ("NAR", "NAR-images"), "xar": ("xAR", "."),
-         "video-nar": ("NAR", "NAR-videos"), "rar": ("1d-tokenizer", "."), "mar": ("mar", ".")}
+         "video-nar": ("NAR", "NAR-videos"), "rar": ("1d-tokenizer", "."), "mar": ("mar", "."),
+         "var": ("VAR", ".")}
 
 
 class OfficialMissing(RuntimeError):
@@ -41,9 +43,10 @@ class OfficialMissing(RuntimeError):
 class Official:
     model: nn.Module
     generate: Callable[[torch.Tensor], torch.Tensor]
+    tokenizer: Optional[nn.Module] = None  # VAR: the VQVAE whose quantizer builds the inputs
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
-        return {k: v.float() for k, v in self.model.state_dict().items()}
+        return {k: v.float() if v.is_floating_point() else v for k, v in self.model.state_dict().items()}
 
 
 def repo_path(root: str, family: str) -> Path:
@@ -199,4 +202,42 @@ def _mar(path: Path, trunk: dict, spec: dict) -> Official:
     return Official(model, run)
 
 
-BUILDERS = {"raster": _gpt, "nar": _gpt, "xar": _xar, "video-nar": _video_nar, "rar": _rar, "mar": _mar}
+def _var(path: Path, trunk: dict, spec: dict) -> Official:
+    """VAR ``autoregressive_infer_cfg`` (README FID run: cfg 1.5, top-k 900, top-p 0.96, more_smooth
+    off; ``g_seed`` as demo_sample.ipynb; autocast for bf16 as the notebook). Built with
+    ``build_vae_var``'s arguments (VQVAE ch 160 / V 4096 / Cvae 32, width 64 d and d heads unless the
+    trunk says, ``init_weights`` defaults) but not by it: it switches off ``reset_parameters`` of every
+    Linear / Conv2d class, which would leave the (never loaded here) VQVAE's convs uninitialised.
+    The official function ends with ``vae.fhat_to_img`` (the VQVAE decoder, 256 px): the benchmark
+    times tokens, so unless ``spec["var_decode"]`` it is replaced by the identity on f_hat; the
+    quantizer's phi convs, which build every scale's input, run as released."""
+    device = spec["device"]
+    _import_from(path)
+    from models.var import VAR
+    from models.vqvae import VQVAE
+    depth = trunk.get("depth", 16)
+    dim, heads = trunk.get("embed_dim", 64 * depth), trunk.get("num_heads", depth)
+    patch_nums = tuple(trunk.get("patch_nums", (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)))
+    torch.manual_seed(spec["seed"])  # the VQVAE keeps torch's default init (the release loads it)
+    vae = VQVAE(vocab_size=4096, z_channels=32, ch=160, test_mode=True, share_quant_resi=4, v_patch_nums=patch_nums)
+    model = VAR(vae_local=vae, num_classes=1000, depth=depth, embed_dim=dim, num_heads=heads, drop_rate=0.0,
+                attn_drop_rate=0.0, drop_path_rate=0.1 * depth / 24, norm_eps=1e-6, shared_aln=False,
+                cond_drop_rate=0.1, attn_l2_norm=True, patch_nums=patch_nums)
+    model.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
+    randomise_zero_heads(model)
+    model.eval().to(device)
+    vae.to(device)
+    if not spec.get("var_decode"):
+        vae.fhat_to_img = lambda f_hat: f_hat  # tokens only; add_(1).mul_(0.5) after it stays
+    autocast = spec["dtype"] != torch.float32
+    cfg, top_k, top_p = spec.get("var_cfg", 1.5), spec.get("var_top_k", 900), spec.get("var_top_p", 0.96)
+
+    def run(labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.split(":")[0], dtype=spec["dtype"], enabled=autocast):
+            return model.autoregressive_infer_cfg(B=labels.shape[0], label_B=labels, g_seed=spec["seed"], cfg=cfg,
+                                                  top_k=top_k, top_p=top_p, more_smooth=False)
+    return Official(model, run, tokenizer=vae)
+
+
+BUILDERS = {"raster": _gpt, "nar": _gpt, "xar": _xar, "video-nar": _video_nar, "rar": _rar, "mar": _mar,
+            "var": _var}

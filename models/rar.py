@@ -108,9 +108,11 @@ class RARBlock(nn.Module):
         self.mlp = Mlp(c.dim, int(c.dim * (c.intermediate_size / c.dim)), act_layer=nn.GELU, drop=c.dropout)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 6 * c.dim))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        # x: [B, S, dim]; cond: [B, S, dim] (class + timestep row per slot)
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(cond).chunk(6, dim=-1)
+    def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+                mod: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # x: [B, S, dim]; cond: [B, S, dim] (class + timestep row per slot), or mod: its adaLN [B, S, 6 dim]
+        mod = self.adaLN_modulation(cond) if mod is None else mod
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), mask)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
@@ -121,14 +123,19 @@ class FinalLayer(nn.Module):
         self.norm_final = nn.LayerNorm(c.dim, eps=c.norm_eps, elementwise_affine=False)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 2 * c.dim))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.adaLN_modulation(cond).chunk(2, dim=-1)  # official: scale first
+    def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor],
+                mod: Optional[torch.Tensor] = None) -> torch.Tensor:
+        mod = self.adaLN_modulation(cond) if mod is None else mod
+        scale, shift = mod.chunk(2, dim=-1)  # official: scale first
         return modulate(self.norm_final(x), shift, scale)
 
 
 class RAR(Generator):
     config_class = RARConfig
     default_sampler = "raster"
+    # Decoding computes the adaLN modulations (blocks and head) of a chunk of raster positions at once,
+    # for each distinct class once: about this many rows per chunk GEMM (see :meth:`_modulations`).
+    modulation_rows = 128
 
     def __init__(self, config: RARConfig):
         super().__init__(config)
@@ -150,6 +157,8 @@ class RAR(Generator):
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))  # the anneal's clock
         self._init_weights()
         self._cond: Optional[torch.Tensor] = None  # [B', dim] class embeddings of the cached rows
+        self._classes: Optional[tuple] = None  # (distinct class rows [U, dim], row -> distinct [B'])
+        self._mods: Optional[tuple] = None  # (first position, last + 1, per-layer [U, T, 6 dim] + head's)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -193,7 +202,7 @@ class RAR(Generator):
 
     def clear_cache(self) -> None:
         super().clear_cache()
-        self._cond = None
+        self._cond = self._classes = self._mods = None
 
     def random_ratio(self, step: Optional[int] = None) -> float:
         """Probability of a random order at training ``step`` (official ``get_rar_random_ratio``)."""
@@ -211,11 +220,14 @@ class RAR(Generator):
         perms = torch.rand(batch, n, device=device).argsort(-1)
         return torch.where(torch.rand(batch, 1, device=device) < ratio, perms, raster)
 
-    def _run(self, x: torch.Tensor, cond: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Blocks, final adaLN and head: ``x, cond [B, S, dim]`` -> logits ``[B, S, V]`` (float32)."""
-        for block in self.blocks:
-            x = block(x, cond, mask)
-        return self.lm_head(self.adaln_before_head(x, cond)).float()
+    def _run(self, x: torch.Tensor, cond: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+             mods: Optional[list] = None) -> torch.Tensor:
+        """Blocks, final adaLN and head: ``x, cond [B, S, dim]`` -> logits ``[B, S, V]`` (float32);
+        ``mods``: the adaLN outputs of every block and of the head, given instead of ``cond``."""
+        mods = mods or [None] * (len(self.blocks) + 1)
+        for block, mod in zip(self.blocks, mods):
+            x = block(x, cond, mask, mod)
+        return self.lm_head(self.adaln_before_head(x, cond, mods[-1])).float()
 
     # ----------------------------------------------------------------------------- training
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor,
@@ -260,7 +272,9 @@ class RAR(Generator):
     def prefill(self, labels: torch.Tensor) -> torch.Tensor:
         """Feed ``[cls, class]`` for ``labels [B]``; logits ``[B, V]`` for the first code."""
         cond = self.condition(labels)  # [B, dim]
-        self._cond = cond
+        self._cond, self._mods = cond, None
+        distinct, rows = torch.unique(labels, return_inverse=True)  # under CFG, the null rows share one
+        self._classes = (self.condition(distinct), rows)
         pos, tap = self.pos_embed[0], self.target_aware_pos_embed[0]
         x = torch.stack([(self.cls_token[0, 0] + pos[0]).expand_as(cond), cond + pos[1] + tap[2]], 1)
         ada = cond[:, None] + self.timesteps_embeddings[:, :2]  # [B, 2, dim]
@@ -280,8 +294,30 @@ class RAR(Generator):
         nxt = positions + 1
         target = torch.where((nxt < n)[..., None], tap[2 + nxt.clamp(max=n - 1)], torch.zeros_like(tap[0]))
         x = self.embeddings(tokens) + pos[2 + positions] + target  # [B, T, dim]
+        if self._classes is not None and positions.numel() and not torch.compiler.is_compiling():
+            return self._run(x, None, mask, self._modulations(positions))
         ada = self._cond[:, None] + self.timesteps_embeddings[0, 2 + positions]  # [B, T, dim]
         return self._run(x, ada, mask)
+
+    def _modulations(self, positions: torch.Tensor) -> list:
+        """adaLN outputs ``[B', T, 6 dim]`` of every block (and ``[B', T, 2 dim]`` of the head) at raster
+        ``positions [T]`` or ``[B', T]``. They depend only on the class and the position (condition =
+        class row + timestep row), so they are computed for a chunk of positions ahead and for each
+        distinct class once (one GEMM of about :attr:`modulation_rows` rows per layer instead of a
+        B'-row one per step; the weights are read once per chunk), then gathered."""
+        lo, hi = int(positions.min()), int(positions.max()) + 1
+        if self._mods is None or lo < self._mods[0] or hi > self._mods[1]:
+            distinct = self._classes[0]
+            chunk = max(hi - lo, self.modulation_rows // distinct.shape[0], 1)
+            end = min(lo + chunk, self.config.grid_size ** 2)
+            ada = distinct[:, None] + self.timesteps_embeddings[0, 2 + lo:2 + end]  # [U, chunk, dim]
+            layers = [b.adaLN_modulation for b in self.blocks] + [self.adaln_before_head.adaLN_modulation]
+            self._mods = (lo, end, [f(ada) for f in layers])
+        start, _, mods = self._mods
+        rows = self._classes[1]
+        at = positions - start
+        at = at.expand(rows.shape[0], -1) if at.dim() == 1 else at  # [B', T]
+        return [m[rows[:, None], at] for m in mods]
 
 
 def convert_rar_checkpoint(state: dict) -> dict:
@@ -310,9 +346,9 @@ register_model("rar-tiny", RAR, RARConfig(
     dim=64, n_layer=2, n_head=4, intermediate_size=128, vocab_size=64, grid_size=4, num_classes=10,
     dropout=0.0, attn_dropout=0.0, position_padding=4, timestep_padding=4, anneal_start=2, anneal_end=6),
     converter=convert_rar_checkpoint, recipe=recipes.RAR)
-# Shipped: vq-mnist's 8x8 ids out of 256, the llamagen-mnist trunk size (1000 steps; random
-# orders annealed to raster over steps 500 -> 750, the released 50% -> 75% of training).
+# Shipped: vq-mnist's 8x8 ids out of 256, the llamagen-mnist trunk size and steps (2000; random
+# orders annealed to raster over steps 1000 -> 1500, the released 50% -> 75% of training).
 RAR_MNIST = RARConfig(dim=128, n_layer=6, n_head=4, intermediate_size=512, vocab_size=256, grid_size=8,
-                      num_classes=10, position_padding=2, timestep_padding=2, anneal_start=500, anneal_end=750)
+                      num_classes=10, position_padding=2, timestep_padding=2, anneal_start=1000, anneal_end=1500)
 register_model("rar-mnist", RAR, RAR_MNIST, recipe=recipes.RAR, pipeline=dict(tokenizer="vq-mnist", cfg_scale=2.0),
-               weights=Weights.shipped("rar-mnist", "bf151991a0eb00966555f3d18b482476efc2929d9e29d642d4ac88c5fcde19f4"))
+               weights=Weights.shipped("rar-mnist", "6d3d1e4ec2da9d67e36c06a4c2a45f41920b5257e7cd0b6de2b69dd1a3a3612f"))
