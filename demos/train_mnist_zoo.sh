@@ -78,9 +78,10 @@ vargen train --model cont-ar-mingtok-mnist --tokenizer mingtok-mnist $cont --out
 wait
 for m in cont-ar cont-ar-mingtok; do cp -r runs/$m-mnist/final weights/$m-mnist; done
 # RAR on vq-mnist ids (models/rar.py: rar-mnist, random orders annealed to raster over steps
-# 500 -> 750, rar.yaml's 50% -> 75%), no EMA as rar.yaml; the final weights are stored in fp16.
-vargen train --model rar-mnist --tokenizer weights/vq-mnist --data mnist --steps 1000 --batch-size 64 \
-    --lr 5e-4 --warmup-steps 50 --schedule cosine --min-lr 5e-5 --ckpt-every 100 --log-every 50 --out runs/rar-mnist
+# 1000 -> 1500, rar.yaml's 50% -> 75%), llamagen-mnist's steps, schedule and EMA 0.999 so the two
+# differ only in the model and its order schedule (rar.yaml has no EMA); stored in fp16.
+vargen train --model rar-mnist --tokenizer weights/vq-mnist --data mnist --steps 2000 --batch-size 64 \
+    --lr 5e-4 --ema-decay 0.999 --warmup-steps 50 --schedule cosine --min-lr 5e-5 --ckpt-every 100 --log-every 50 --out runs/rar-mnist
 python - <<'PY'
 import shutil
 from pathlib import Path
@@ -97,13 +98,14 @@ vargen train --model mar-mnist --tokenizer weights/kl-mnist --data mnist --steps
     --log-every 50 --out runs/mar-mnist
 cp -r runs/mar-mnist/final weights/mar-mnist
 # VAR: the multi-scale VQVAE (scales 1,2,3,4,6,8 of an 8x8 map, cosine lookup; tokenizers/var_vqvae.py),
-# then the next-scale transformer on its ids (models/var.py: var-mnist), constant lr so that a run
-# stopped at a checkpoint is the run with that many --steps; the transformer is stored in fp16.
-vargen train --model var-vqvae-mnist --data mnist --steps 700 --batch-size 32 --lr 1e-3 --ema-decay 0.998 \
+# then the next-scale transformer on its ids (models/var.py: var-mnist, cosine lr); the transformer is
+# stored in fp16. The VQVAE's constant lr makes a run stopped at a checkpoint and resumed with more
+# --steps the same as one run with that many steps (the shipped one: 700, then resumed to 1500, 2500).
+vargen train --model var-vqvae-mnist --data mnist --steps 2500 --batch-size 32 --lr 1e-3 --ema-decay 0.998 \
     --warmup-steps 50 --ckpt-every 100 --log-every 25 --out runs/var-vqvae-mnist
 cp -r runs/var-vqvae-mnist/final weights/var-vqvae-mnist
-vargen train --model var-mnist --data mnist --tokenizer weights/var-vqvae-mnist --steps 800 --batch-size 64 \
-    --lr 5e-4 --ema-decay 0.998 --warmup-steps 50 --schedule constant --ckpt-every 100 --log-every 25 --out runs/var-mnist
+vargen train --model var-mnist --data mnist --tokenizer weights/var-vqvae-mnist --steps 1500 --batch-size 64 \
+    --lr 5e-4 --ema-decay 0.998 --warmup-steps 50 --schedule cosine --min-lr 5e-5 --ckpt-every 100 --log-every 25 --out runs/var-mnist
 python - <<'PY'
 import shutil
 from pathlib import Path
@@ -118,3 +120,12 @@ sha256sum weights/*/model.safetensors   # -> the sha256 of each Weights.shipped(
 python demos/evaluate_mnist_zoo.py --num-samples 1000 --json runs/zoo-eval.json
 OMP_NUM_THREADS=2 python demos/evaluate_video_zoo.py --num-clips 256 --json runs/video-eval.json \
     --gif docs/video_nar_vs_raster.gif
+# Text-to-image digits (docs/t2i.md): a frozen random byte-level T5 (seed 0), then llamagen-mnist's
+# trunk on vq-mnist ids conditioned on its features of template captions ("a handwritten seven",
+# "the number 7", ...; two templates held out of training); evaluated on seen vs held-out templates.
+python demos/make_t2i_mnist_t5.py weights/t2i-mnist-t5
+vargen train --model t2i-mnist --tokenizer weights/vq-mnist --captions mnist-templates --text-encoder t2i-mnist-t5 \
+    $common --out runs/t2i-mnist
+cp -r runs/t2i-mnist/final weights/t2i-mnist
+sha256sum weights/t2i-mnist/model.safetensors   # -> Weights.shipped("t2i-mnist", ...) in models/llamagen.py
+python demos/evaluate_t2i_mnist.py --num-samples 1000 --json runs/t2i-eval.json

@@ -323,9 +323,10 @@ register_model("var-tiny", VAR, VARConfig(
     depth=2, embed_dim=64, num_heads=2, num_classes=10, vocab_size=64, Cvae=8, patch_nums=(1, 2, 3, 4),
     tokenizer="var-vqvae-tiny", init_adaln_gamma=1e-3), converter=convert_var_checkpoint, recipe=recipes.VAR)
 # Shipped: on var-vqvae-mnist's ids of 32x32 digits (scales 1, 2, 3, 4, 6, 8: 6 passes); width 128,
-# 4 AdaLN blocks, 2 heads of 64 (demos/train_mnist_zoo.sh). alng 1e-3 as d16; no drop path.
+# 4 AdaLN blocks, 2 heads of 64 (demos/train_mnist_zoo.sh). alng 1e-3 as d16; no drop path. cfg_scale
+# 3.0 is VAR's cfg 2.0 (the paper's): on 1000 digits it keeps 2.5's FID (26.9 vs 26.7), accuracy 97.9% vs 95.7%.
 register_model("var-mnist", VAR, VARConfig(
     depth=4, embed_dim=128, num_heads=2, num_classes=10, vocab_size=256, Cvae=16, patch_nums=(1, 2, 3, 4, 6, 8),
     tokenizer="var-vqvae-mnist", init_adaln_gamma=1e-3), converter=convert_var_checkpoint, recipe=recipes.VAR,
-    weights=Weights.shipped("var-mnist", "e3ea428c4179436aac16e62b7780f7e1c7578ae48f724cd1ef892501a7c59e21"),
-    pipeline=dict(tokenizer="var-vqvae-mnist", sampler="next-scale", cfg_scale=2.5, top_k=0, top_p=1.0))
+    weights=Weights.shipped("var-mnist", "804a0e2ca1f60463b434be985c10590f16465169e3e1739f66960c1788b7281e"),
+    pipeline=dict(tokenizer="var-vqvae-mnist", sampler="next-scale", cfg_scale=3.0, top_k=0, top_p=1.0))

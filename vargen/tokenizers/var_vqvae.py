@@ -228,4 +228,4 @@ register_model("var-vqvae-tiny", VARVQVAE, VARVQConfig(
 register_model("var-vqvae-mnist", VARVQVAE, VARVQConfig(
     vocab_size=256, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, patch_nums=(1, 2, 3, 4, 6, 8),
     using_znorm=True), converter=convert_var_vqvae,
-    weights=Weights.shipped("var-vqvae-mnist", "f7d8d629d93a1be48dc7ad45ed5c5297d0435bc30994d4cf0abb0858e9b732f1"))
+    weights=Weights.shipped("var-vqvae-mnist", "4677dee329df028e07ee6d50c64b2c62bab28e47e1d5a2ac460c789d78c457f9"))
