@@ -65,6 +65,14 @@ def evaluate(pipe_name: str, sampler, num_samples: int, batch_size: int, extract
             "inception_weights": metrics.get("inception_weights")}
 
 
+def print_table(columns: list, rows: list) -> None:
+    """A markdown table of already formatted cells, after a blank line."""
+    print("\n| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for cells in rows:
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-samples", type=int, default=1000)
@@ -94,11 +102,11 @@ def main() -> None:
                        classifier, out, dtype)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| model | dtype | accuracy | FID (held-out) | forward passes / sample | forward passes / batch | s / image |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['dtype']} | {100 * r['accuracy']:.1f}% | {r['fid']:.2f} | {r['forward_passes_per_sample']:.1f} | "
-              f"{r['forward_passes_per_batch']:.1f} | {r['seconds_per_image']:.4f} |")
+    print_table(["model", "dtype", "accuracy", "FID (held-out)", "forward passes / sample", "forward passes / batch",
+                 "s / image"],
+                [[r["model"], r["dtype"], f"{100 * r['accuracy']:.1f}%", f"{r['fid']:.2f}",
+                  f"{r['forward_passes_per_sample']:.1f}", f"{r['forward_passes_per_batch']:.1f}",
+                  f"{r['seconds_per_image']:.4f}"] for r in rows])
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

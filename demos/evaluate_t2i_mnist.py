@@ -24,6 +24,8 @@ import vargen
 from vargen.data.captions import HELDOUT_TEMPLATES, SEEN_TEMPLATES, digit_caption
 from vargen.images import save_grid
 
+from evaluate_mnist_zoo import print_table  # demos/ is on sys.path when run as a script
+
 
 def split_prompts(templates, num_samples: int) -> tuple:
     """``(prompts, digits, template index)`` of a split: sample i is digit i % 10 in template (i // 10) % K."""
@@ -86,11 +88,9 @@ def main() -> None:
                                  ref_stats, extractor, out)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| templates | cfg | accuracy | FID (held-out digits) | s / image |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        fid = f"{r['fid']:.2f}" if "fid" in r else "-"
-        print(f"| {r['split']} | {r['cfg_scale']} | {100 * r['accuracy']:.1f}% | {fid} | {r['seconds_per_image']:.4f} |")
+    print_table(["templates", "cfg", "accuracy", "FID (held-out digits)", "s / image"],
+                [[r["split"], r["cfg_scale"], f"{100 * r['accuracy']:.1f}%", f"{r['fid']:.2f}" if "fid" in r else "-",
+                  f"{r['seconds_per_image']:.4f}"] for r in rows])
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
