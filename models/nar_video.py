@@ -26,7 +26,7 @@ from vargen.nn.llama import LlamaConfig, LlamaTrunk
 from vargen.registry import Weights, register_model
 
 from .base import Generator
-from .neighbors import NeighborHeads, Offsets
+from .neighbors import NeighborHeads, Offsets, decode_steps
 
 NARVideoConfig = LlamaConfig  # LARP_AR's ModelArgs: latent_shape (T, H, W), absolute positions
 # LARP_AR on UCF-101: 101 classes, LARP's 8192 codes as a 4 x 16 x 16 grid, "llama-abs-*" positions.
@@ -47,6 +47,7 @@ class NARVideo(NeighborHeads, Generator):
             raise ValueError(f"latent_shape must be (T, H, W) >= 1, got {c.latent_shape}")
         if c.cls_token_num != 1:  # the official mask makes only sequence index 0 visible to all
             raise ValueError(f"NAR video has one condition token, got cls_token_num={c.cls_token_num}")
+        decode_steps(c.token_grid, c.decode_order)  # an unknown order fails here, naming the choices
         # attn_num_down = attn_num_back = 1 upstream: two extra blocks, rates over all of them.
         rates = torch.linspace(0, c.drop_path_rate, c.n_layer + 2, device="cpu").tolist()
         self.trunk = LlamaTrunk(self, c, c.token_grid, rates)

@@ -31,26 +31,49 @@ def diagonal_index(shape: Sequence[int]) -> torch.Tensor:
     return grid_coords(shape).sum(-1)
 
 
-def proximity_mask(shape: Sequence[int], cls_token_num: int = 1) -> torch.Tensor:
+DECODE_ORDERS = ("diagonal", "frame")
+
+
+def decode_steps(shape: Sequence[int], order: str = "diagonal") -> torch.Tensor:
+    """``[N]`` decoding step of each raster cell.
+
+    ``"diagonal"`` (the paper): the Manhattan distance, so a video plane t + h + w = c is drawn
+    at once. ``"frame"`` (video, beyond the paper): frame after frame, image NAR's diagonals
+    h + w = c inside each, step ``t * (H + W - 1) + h + w``; T * (H + W - 1) passes. A token
+    still averages its right / down / time heads; the time head's input lies a frame back.
+    """
+    if order == "diagonal":
+        return diagonal_index(shape)
+    if order != "frame" or len(shape) != 3:
+        raise ValueError(f"decode order must be one of {DECODE_ORDERS} ('frame' for a (T, H, W) grid), "
+                         f"got {order!r} for a grid {tuple(shape)}")
+    coords = grid_coords(shape)
+    return coords[:, 0] * (shape[1] + shape[2] - 1) + coords[:, 1] + coords[:, 2]
+
+
+def proximity_mask(shape: Sequence[int], cls_token_num: int = 1, order: str = "diagonal") -> torch.Tensor:
     """Bool ``[cls + N, cls + N]`` attention mask (True = attend), official layout.
 
-    A grid token sees the condition tokens and every token whose diagonal is <= its own
-    (bidirectional inside a diagonal, causal across). Condition tokens are causal among
+    A grid token sees the condition tokens and every token whose step is <= its own
+    (bidirectional inside a step, causal across). Condition tokens are causal among
     themselves and see no grid token.
     """
-    step = torch.cat([torch.full((cls_token_num,), -1), diagonal_index(shape)])
+    step = torch.cat([torch.full((cls_token_num,), -1), decode_steps(shape, order)])
     mask = step[None, :] <= step[:, None]
     mask[:cls_token_num, :cls_token_num] = torch.ones(cls_token_num, cls_token_num).tril().bool()
     return mask
 
 
-def neighbor_sources(shape: Sequence[int], offsets: Offsets) -> Tuple[torch.Tensor, torch.Tensor]:
+def neighbor_sources(shape: Sequence[int], offsets: Offsets,
+                     order: str = "diagonal") -> Tuple[torch.Tensor, torch.Tensor]:
     """Which head of which input predicts each target, and with what averaging weight.
 
     Head k of the input at sequence index j (0 = condition, 1 + r = raster cell r) predicts the
     cell ``coords(r) + offsets[k]``. Returns ``src [N, K]`` (sequence index feeding target r
-    through head k; 0 where undefined) and ``weight [N, K]`` (1 / number of defined heads, 0
-    where undefined). The origin is predicted by every head of the condition token.
+    through head k; 0 where undefined) and ``weight [N, K]`` (1 / number of heads used, 0 where
+    unused). The origin is predicted by every head of the condition token. A target averages the
+    heads of its neighbours drawn in the step just before it (all of them on the diagonals); one
+    that has none (a frame's first token in the ``"frame"`` order) takes the heads that reach it.
     """
     coords = grid_coords(shape)
     off = torch.tensor(offsets)
@@ -58,9 +81,12 @@ def neighbor_sources(shape: Sequence[int], offsets: Offsets) -> Tuple[torch.Tens
     valid = (src_coords >= 0).all(-1)
     strides = torch.tensor([math.prod(shape[i + 1:]) for i in range(len(shape))])
     src = torch.where(valid, (src_coords.clamp(min=0) * strides).sum(-1) + 1, 0)
-    origin = ~valid.any(-1)
-    valid[origin] = True  # all heads of the condition token
-    weight = valid.float() / valid.sum(-1, keepdim=True)
+    step = decode_steps(shape, order)
+    adjacent = valid & (step[(src - 1).clamp(min=0)] == step[:, None] - 1)
+    used = torch.where(adjacent.any(-1, keepdim=True), adjacent, valid)
+    origin = ~used.any(-1)
+    used[origin] = True  # all heads of the condition token
+    weight = used.float() / used.sum(-1, keepdim=True)
     return src, weight
 
 
@@ -68,8 +94,9 @@ class DiagonalStep(NamedTuple):
     """One forward pass of diagonal decoding.
 
     ``fed``: raster ids fed in this pass (``None``: the prefill, which feeds the condition);
-    ``targets``: raster ids emitted from its logits; ``src [M, K]``: index into the fed block
-    (0 for the condition) of the input whose head k predicts each target; ``weight [M, K]``.
+    ``targets``: raster ids emitted from its logits; ``src [M, K]``: sequence index (0 = the
+    condition, 1 + r = raster cell r, fed in this pass or an earlier one) of the input whose
+    head k predicts each target; ``weight [M, K]``.
     """
     fed: Optional[torch.Tensor]
     targets: torch.Tensor
@@ -77,19 +104,16 @@ class DiagonalStep(NamedTuple):
     weight: torch.Tensor
 
 
-def diagonal_schedule(shape: Sequence[int], offsets: Offsets) -> List[DiagonalStep]:
-    """Steps for decoding ``shape`` diagonal by diagonal: ``sum(shape) - len(shape) + 1`` passes."""
-    src, weight = neighbor_sources(shape, offsets)
-    diag = diagonal_index(shape)
-    n = diag.numel()
+def diagonal_schedule(shape: Sequence[int], offsets: Offsets, order: str = "diagonal") -> List[DiagonalStep]:
+    """Steps for decoding ``shape`` in ``order`` (:func:`decode_steps`): ``sum(shape) - len(shape)
+    + 1`` passes for the diagonals, ``T * (H + W - 1)`` frame by frame."""
+    src, weight = neighbor_sources(shape, offsets, order)
+    step_of = decode_steps(shape, order)
     steps = []
-    for c in range(int(diag.max()) + 1):
-        targets = torch.nonzero(diag == c).flatten()  # raster order = the official row order
-        fed = None if c == 0 else torch.nonzero(diag == c - 1).flatten()
-        local = torch.zeros(n + 1, dtype=torch.long)  # sequence index -> index in the fed block
-        if fed is not None:
-            local[fed + 1] = torch.arange(fed.numel())
-        steps.append(DiagonalStep(fed, targets, local[src[targets]], weight[targets]))
+    for c in range(int(step_of.max()) + 1):
+        targets = torch.nonzero(step_of == c).flatten()  # raster order = the official row order
+        fed = None if c == 0 else torch.nonzero(step_of == c - 1).flatten()
+        steps.append(DiagonalStep(fed, targets, src[targets], weight[targets]))
     return steps
 
 
@@ -143,10 +167,10 @@ class NeighborHeads:
         return out
 
     def neighbor_schedule(self) -> List[DiagonalStep]:
-        key = tuple(self.token_grid)
+        key = (tuple(self.token_grid), self.config.decode_order)
         cached = getattr(self, "_schedule", None)
         if cached is None or cached[0] != key:
-            self._schedule = (key, diagonal_schedule(key, self.neighbor_offsets))
+            self._schedule = (key, diagonal_schedule(key[0], self.neighbor_offsets, key[1]))
         return self._schedule[1]
 
     def token_embedding(self) -> torch.Tensor:
@@ -154,7 +178,7 @@ class NeighborHeads:
         return self.tok_embeddings.weight
 
     def attention_mask(self) -> torch.Tensor:
-        return proximity_mask(self.token_grid, self.config.cls_token_num)
+        return proximity_mask(self.token_grid, self.config.cls_token_num, self.config.decode_order)
 
     # ----------------------------------------------------------------------------- training
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -165,7 +189,7 @@ class NeighborHeads:
         h, rope = self.trunk.embed_block(tokens, labels, positions)  # [B, cls + N, dim]
         feats = self.neighbor_features(h, rope, self.attention_mask().to(h.device))
         logits = self.head_logits(feats[:, cls - 1:])  # [B, 1 + N, K, V]; index 0 = last cond
-        src, weight = neighbor_sources(self.token_grid, self.neighbor_offsets)
+        src, weight = neighbor_sources(self.token_grid, self.neighbor_offsets, self.config.decode_order)
         src, weight = src.to(h.device), weight.to(logits.device)
         picked = logits[:, src, torch.arange(self.num_heads, device=h.device)]  # [B, N, K, V]
         return (picked * weight[None, :, :, None]).sum(2)

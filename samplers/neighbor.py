@@ -6,7 +6,9 @@ of https://github.com/ThisisBillhe/NAR.
 
 Step 0 feeds the condition and emits the origin token; step c feeds every token of diagonal
 c - 1 as one block (at its raster positions, all of it visible to itself) and emits diagonal c.
-That is 2n - 1 passes for an n x n grid and T + H + W - 2 for a T x H x W video grid.
+That is 2n - 1 passes for an n x n grid and T + H + W - 2 for a T x H x W video grid (or
+T * (H + W - 1) in the video model's ``decode_order="frame"``, whose time head reads a token a
+frame back: the loop keeps every fed input's guided features, a small fraction of the KV cache).
 
 Each emitted token averages the logits of the heads that reach it (right / below, plus time for
 video). Heads and CFG are both linear in the normalised features, so this loop combines
@@ -59,7 +61,8 @@ class NeighborSampler(DiscreteSampler):
             return tokens[:, targets]
 
         try:
-            self.run(model, torch.as_tensor(labels).long().to(tokens.device), choose)
+            labels = torch.as_tensor(labels)  # class ids, or a text model's caption features
+            self.run(model, (labels if labels.is_floating_point() else labels.long()).to(tokens.device), choose)
         finally:
             model.clear_cache()
         return out
@@ -75,6 +78,7 @@ class NeighborSampler(DiscreteSampler):
         cond = self.logits.labels(labels, model.null_class)
         tokens = torch.empty(labels.shape[0], n, dtype=torch.long, device=device)
         model.setup_cache(cond.shape[0])
+        history = None  # guided per-head features of every fed input, by sequence index [B, 1 + N, K, dim]
         done = 0
         for i, (fed, targets, src, weight) in enumerate(schedule):
             if fed is None:
@@ -83,7 +87,11 @@ class NeighborSampler(DiscreteSampler):
                 feats = model.decode_features(self.logits.double(tokens[:, fed]), fed)
             # CFG on the features: [2B, ...] -> [B, ...] (NAR's lerp)
             feats = self.logits.combine(feats, done, n, rule="lerp")  # [B, T, K, dim]
-            mixed = feats[:, src, heads] * weight[None, :, :, None].to(feats.dtype)
+            if history is None:
+                history = feats.new_zeros(feats.shape[0], 1 + n, *feats.shape[2:])
+            rows = torch.zeros(1, dtype=torch.long, device=device) if fed is None else 1 + fed
+            history[:, rows] = feats
+            mixed = history[:, src, heads] * weight[None, :, :, None].to(feats.dtype)
             logits = model.neighbor_logits(mixed)  # [B, M, V]
             tokens[:, targets] = choose(logits, i)
             done += targets.numel()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from vargen.hub import WeightsError, load_state_dict_strict
 from vargen.models.nar import NAR
-from vargen.models.neighbors import proximity_mask
+from vargen.models.neighbors import decode_steps, grid_coords, neighbor_sources, proximity_mask
 from vargen.models.nar_video import NARVideo
 from vargen.registry import create_model
 from vargen.samplers import NeighborSampler, create_sampler
@@ -26,14 +26,42 @@ def test_image_decoding_takes_2n_minus_1_passes(grid):
     assert len(calls) == sampler.stats["forward_passes"] == 2 * grid - 1
 
 
-def test_video_decoding_takes_t_plus_h_plus_w_minus_2_passes():
-    model = randomised("nar-video-tiny")
+@pytest.mark.parametrize("order", ["diagonal", "frame"])
+def test_video_decoding_takes_t_plus_h_plus_w_minus_2_passes_or_t_frames_of_diagonals(order):
+    model = randomised("nar-video-tiny", decode_order=order)
     t, h, w = model.token_shape
     calls = count_network_passes(model)
     sampler = NeighborSampler(cfg_scale=1.5)
     tokens = sampler(model, torch.tensor([3]), SampleRNG(0, 1))
     assert tokens.shape == (1, t, h, w)
-    assert len(calls) == sampler.stats["forward_passes"] == t + h + w - 2
+    passes = t + h + w - 2 if order == "diagonal" else t * (h + w - 1)
+    assert len(calls) == sampler.stats["forward_passes"] == passes
+
+
+def test_frame_order_draws_frames_in_turn_and_every_head_input_before_its_target():
+    shape, offsets = (3, 2, 4), NARVideo.neighbor_offsets
+    step = decode_steps(shape, "frame")
+    cells = list(itertools.product(*[range(n) for n in shape]))
+    for (t, h, w), s in zip(cells, step.tolist()):
+        assert s == t * (2 + 4 - 1) + h + w  # frame t after frame t - 1, image diagonals inside
+    src, weight = neighbor_sources(shape, offsets, "frame")
+    seq_step = torch.cat([torch.tensor([-1]), step])  # sequence index 0 = the condition
+    for r, (t, h, w) in enumerate(cells):
+        used = weight[r] > 0
+        assert (seq_step[src[r][used]] < step[r]).all()  # every input is drawn before its target
+        # Inside a frame the right / down heads of the previous diagonal (image NAR); a frame's
+        # first token from the time head of the token a frame back; the origin from the condition.
+        expected = [w > 0, h > 0, False] if h + w > 0 else [t == 0, t == 0, True]
+        assert used.tolist() == expected, (t, h, w)
+    diagonal = neighbor_sources(shape, offsets)[1]  # the paper's order: every head that reaches a cell
+    assert torch.equal(diagonal > 0, torch.cat([torch.ones(1, 3, dtype=torch.bool),
+                                                 (grid_coords(shape)[1:, None, :] - torch.tensor(offsets) >= 0).all(-1)]))
+    mask = proximity_mask(shape, 1, "frame")
+    assert torch.equal(mask[1:, 1:], step[None, :] <= step[:, None])
+    with pytest.raises(ValueError, match="decode order"):
+        create_model("nar-tiny", decode_order="frame")  # an image grid has no frames
+    with pytest.raises(ValueError, match="decode order"):
+        create_model("nar-video-tiny", decode_order="zigzag")
 
 
 @pytest.mark.parametrize("shape", [(3, 3), (4, 4), (2, 5), (2, 3, 4)])
@@ -87,9 +115,38 @@ def test_training_logits_mix_heads_as_the_official_code():
     torch.testing.assert_close(mixed[:, 1:, 1:], (r[:, 1:, 1:] + b[:, 1:, 1:]) / 2)
 
 
-@pytest.mark.parametrize("name", ["nar-tiny", "nar-video-tiny"])
-def test_same_seed_same_tokens_alone_or_in_a_batch(name):
-    model = randomised(name)
+def test_video_training_loss_is_the_official_larp_ar_formula():
+    """NAR-videos ``LARP_AR.forward`` in training: each head's logits on the [T, H, W] grid,
+    rolled one cell along its axis (R: w, D: h, B: t), the condition token's three heads averaged
+    for the origin, every other cell the mean of the heads that reach it; one cross-entropy
+    against the ids themselves (no further shift)."""
+    model = randomised("nar-video-tiny")
+    (t, h, w), v = model.token_shape, model.vocab_size
+    tokens, labels = torch.randint(0, v, (3, t * h * w)), torch.tensor([1, 2, 9])
+    with torch.no_grad():
+        emb, rope = model.trunk.embed_block(tokens, labels, torch.arange(1 + t * h * w))
+        per_head = model.head_logits(model.neighbor_features(emb, rope, model.attention_mask()))
+        loss = model.loss(tokens, labels)
+    right, down, back = (per_head[:, :, k] for k in range(3))  # [B, 1 + N, V] each; heads R, D, B
+    cond = (right[:, 0] + back[:, 0] + down[:, 0]) / 3
+    r, d, b = (x[:, 1:].reshape(3, t, h, w, v).roll(1, dims=dim) for x, dim in ((right, 3), (down, 2), (back, 1)))
+    mixed = torch.zeros_like(r)  # the official eight cases, line by line
+    mixed[:, 0, 0, 0] = cond
+    mixed[:, 0, 0, 1:] = r[:, 0, 0, 1:]
+    mixed[:, 1:, 0, 0] = b[:, 1:, 0, 0]
+    mixed[:, 0, 1:, 0] = d[:, 0, 1:, 0]
+    mixed[:, 1:, 0, 1:] = (r[:, 1:, 0, 1:] + b[:, 1:, 0, 1:]) / 2
+    mixed[:, 1:, 1:, 0] = (b[:, 1:, 1:, 0] + d[:, 1:, 1:, 0]) / 2
+    mixed[:, 0, 1:, 1:] = (d[:, 0, 1:, 1:] + r[:, 0, 1:, 1:]) / 2
+    mixed[:, 1:, 1:, 1:] = (r[:, 1:, 1:, 1:] + b[:, 1:, 1:, 1:] + d[:, 1:, 1:, 1:]) / 3
+    official = F.cross_entropy(mixed.reshape(-1, v), tokens.reshape(-1))
+    assert abs(loss.item() - official.item()) <= 1e-6
+
+
+@pytest.mark.parametrize("name, order", [("nar-tiny", "diagonal"), ("nar-video-tiny", "diagonal"),
+                                         ("nar-video-tiny", "frame")])
+def test_same_seed_same_tokens_alone_or_in_a_batch(name, order):
+    model = randomised(name, decode_order=order)
     sampler = NeighborSampler(cfg_scale=2.0, cfg_schedule="linear", temperature=1.3, top_p=0.95)
     labels = torch.tensor([3, 1, 4, 1])
     batch = sampler(model, labels, SampleRNG(7, [10, 11, 12, 13]))

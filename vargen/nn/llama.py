@@ -63,6 +63,7 @@ class LlamaConfig:
     rope_base: float = 10000.0
     grid_size: int = 16  # tokens per side; the official block_size is grid_size ** 2
     latent_shape: Optional[Tuple[int, ...]] = None  # (T, H, W) for video; None: the square grid
+    decode_order: str = "diagonal"  # NAR: the paper's diagonals / planes, or "frame" (video, frame by frame)
 
     def __post_init__(self):
         if self.latent_shape is not None:  # JSON gives a list
