@@ -8,7 +8,8 @@ Paper: "Autoregressive Model Beats Diffusion: Llama for Scalable Image Generatio
 ``output``. The sequence is ``[class token] + codes``; the condition token gets zero RoPE.
 Text-to-image (``gpt.py`` with ``model_type='t2i'``): 120 caption tokens from T5 features through
 ``cls_embedding.cap_proj`` (``vargen.nn.caption``), zero RoPE too, caption padding masked; the
-null condition of CFG is the checkpoint's ``cls_embedding.uncond_embedding``.
+null condition of CFG is the checkpoint's ``cls_embedding.uncond_embedding`` (both through
+:class:`vargen.nn.caption.CaptionConditioned`, shared with NAR's t2i model).
 
 The network owns no sampling loop. Samplers drive it through ``setup_cache`` / ``prefill`` /
 ``decode`` / ``truncate_cache``; ``decode`` accepts a block of tokens at any raster positions
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from vargen import recipes
 from vargen.nn import RMSNorm
-from vargen.nn.caption import caption_keep, hide_padding, padded_causal_mask
+from vargen.nn.caption import CaptionConditioned
 from vargen.nn.llama import LlamaConfig, LlamaTrunk, linear_rates
 from vargen.registry import Weights, register_model
 
@@ -33,7 +34,7 @@ from .base import Generator
 LlamaGenConfig = LlamaConfig  # the official ModelArgs, flat (``vargen.nn.llama``)
 
 
-class LlamaGen(Generator):
+class LlamaGen(CaptionConditioned, Generator):
     """The Llama trunk (``self.trunk``) + one next-token head (``norm`` / ``output``)."""
 
     config_class = LlamaConfig
@@ -47,24 +48,6 @@ class LlamaGen(Generator):
         self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
         self.trunk.init_positions()
         self.trunk.init_weights(zero=[self.output])
-        self._keep: Optional[torch.Tensor] = None  # t2i: [B', L] caption rows kept at prefill
-        self.negative_condition: Optional[torch.Tensor] = None  # t2i: [B, L, D] set by a pipeline call
-
-    @property
-    def is_text_conditioned(self) -> bool:
-        return self.config.model_type == "t2i"
-
-    @property
-    def null_class(self):
-        """The null class id, or for t2i the null caption ``uncond_embedding [L, caption_dim]`` (a
-        pipeline's negative prompts ``[B, L, caption_dim]`` while it runs them)."""
-        if not self.is_text_conditioned:
-            return super().null_class
-        return self.cls_embedding.uncond_embedding if self.negative_condition is None else self.negative_condition
-
-    def clear_cache(self) -> None:
-        super().clear_cache()
-        self._keep = None
 
     def token_embedding(self) -> torch.Tensor:
         """The ``[V, dim]`` input embedding table (GSD's token distances)."""
@@ -80,7 +63,8 @@ class LlamaGen(Generator):
         cls = self.config.cls_token_num
         positions = torch.arange(cls + tokens.shape[1] - 1, device=tokens.device)
         h, rope = self.trunk.embed_block(tokens[:, :-1], labels, positions)  # [B, cls + N - 1, dim]
-        h = self.trunk.run(h, rope, self._condition_mask(labels, h.shape[1]))
+        with self.caption_rows(labels):  # t2i: causal with the caption padding hidden
+            h = self.trunk.run(h, rope, self.padding_mask(None, h.shape[1]))
         logits = self.output(self.norm(h)).float()
         return logits[:, cls - 1:]
 
@@ -93,9 +77,8 @@ class LlamaGen(Generator):
         """Feed the condition token(s); returns logits ``[B, V]`` for the first code."""
         positions = torch.arange(self.config.cls_token_num, device=labels.device)
         h, rope = self.trunk.embed_block(None, labels, positions)  # [B, cls, dim]
-        mask = self._condition_mask(labels, h.shape[1])
-        self._keep = None if mask is None else caption_keep(labels)
-        h = self.trunk.run(h, rope, mask)
+        self.start_caption(labels)  # t2i: its padding stays hidden from every decoded code
+        h = self.trunk.run(h, rope, self.padding_mask(None, h.shape[1]))
         return self.output(self.norm(h[:, -1])).float()
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor,
@@ -106,18 +89,8 @@ class LlamaGen(Generator):
         raster order. ``mask`` is bool ``[T, cached + T]`` (default: causal in cache order).
         """
         h, rope = self.trunk.embed_block(tokens, None, positions + self.config.cls_token_num)  # [B, T, dim]
-        if self._keep is not None:  # t2i: caption padding hidden from the new codes
-            cache = self.layers[0].attention.cache
-            if mask is None:
-                mask = cache.causal_mask(tokens.shape[1], device=tokens.device)
-            mask = hide_padding(mask, self._keep.to(tokens.device), tokens.shape[1], cache.length + tokens.shape[1])
-        h = self.trunk.run(h, rope, mask)
+        h = self.trunk.run(h, rope, self.padding_mask(mask, tokens.shape[1]))  # t2i: caption padding hidden
         return self.output(self.norm(h)).float()
-
-    def _condition_mask(self, labels: torch.Tensor, n: int) -> Optional[torch.Tensor]:
-        """t2i with padded captions: ``[B, 1, n, n]`` causal with padding hidden; else None (causal)."""
-        keep = caption_keep(labels) if self.is_text_conditioned else None
-        return None if keep is None else padded_causal_mask(keep, n)
 
 
 def convert_llamagen_checkpoint(state: dict) -> dict:
@@ -172,6 +145,11 @@ T2I_DEFAULTS = dict(cfg_scale=7.5, top_k=1000, top_p=1.0, temperature=1.0)
 register_model("llamagen-t2i-xl", LlamaGen, LlamaConfig(n_layer=36, n_head=20, dim=1280, **_T2I),
                converter=convert_llamagen_t2i_checkpoint, recipe=recipes.LLAMAGEN,
                weights=Weights(hub_repo=_T2I_HUB, filename="t2i_XL_stage1_256.pt", source=_SRC),
+               pipeline=dict(tokenizer="llamagen-vq16-t2i", text_encoder="google/flan-t5-xl", **T2I_DEFAULTS))
+# Stage 2: the stage-1 model fine-tuned at 512 px (32x32 codes of the same tokenizer).
+register_model("llamagen-t2i-xl-512", LlamaGen, LlamaConfig(n_layer=36, n_head=20, dim=1280, grid_size=32, **_T2I),
+               converter=convert_llamagen_t2i_checkpoint, recipe=recipes.LLAMAGEN,
+               weights=Weights(hub_repo=_T2I_HUB, filename="t2i_XL_stage2_512.pt", source=_SRC),
                pipeline=dict(tokenizer="llamagen-vq16-t2i", text_encoder="google/flan-t5-xl", **T2I_DEFAULTS))
 # The t2i test model (120 caption tokens of width 16, as released, on a 4x4 grid of 64 codes).
 register_model("llamagen-t2i-tiny", LlamaGen, LlamaConfig(

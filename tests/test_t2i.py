@@ -2,6 +2,7 @@
 outputs reproduced (teacher-forced and CFG through the cache, caption padding masked), a T5
 encoder from ``transformers`` built tiny here (left padding by default), prompts through the
 pipeline with per-sample seeds, and ``transformers`` kept off every class-conditional path."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -249,6 +250,11 @@ def test_registered_defaults_are_the_releases():
     assert spec.sampler_options == dict(cfg_scale=7.5, top_k=1000, top_p=1.0, temperature=1.0)
     config = vargen.model_config("llamagen-t2i-xl")
     assert (config.model_type, config.cls_token_num, config.caption_dim, config.grid_size) == ("t2i", 120, 2048, 16)
+    stage2 = vargen.model_config("llamagen-t2i-xl-512")  # the same network at 512 px: 32x32 codes
+    assert stage2 == dataclasses.replace(config, grid_size=32)
+    assert vargen.get_entry("llamagen-t2i-xl-512").weights.location == "peizesun/llamagen_t2i/t2i_XL_stage2_512.pt"
+    assert get_pipeline_spec("llamagen-t2i-xl-512") == dataclasses.replace(
+        spec, name="llamagen-t2i-xl-512", generator="llamagen-t2i-xl-512")
     assert vargen.model_config("llamagen-vq16-t2i") == vargen.model_config("llamagen-vq16")  # codebook 16384 x 8
     assert vargen.get_entry("llamagen-vq16-t2i").weights.location == "peizesun/llamagen_t2i/vq_ds16_t2i.pt"
 
@@ -294,3 +300,7 @@ def test_the_feature_cache_is_reused_and_rebuilt_when_the_encoder_weights_change
     enc.left_padding = False  # the padding side is part of the key, and of the read-back layout
     right = cached_caption_features(enc, captions, tmp_path / "cache")
     assert torch.equal(right[[0, 1, 2]], enc(captions))
+    enc.clean_captions = False  # so is the caption cleaning: a new file, not the cleaned features
+    count = len(sorted((tmp_path / "cache").iterdir()))
+    cached_caption_features(enc, captions, tmp_path / "cache")
+    assert len(sorted((tmp_path / "cache").iterdir())) == count + 1

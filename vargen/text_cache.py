@@ -34,12 +34,12 @@ def default_cache_dir() -> Path:
 
 def encoder_fingerprint(encoder: T5TextEncoder) -> str:
     """sha256 over the encoder's class, tokenizer, max length, padding side, caption preprocessing
-    and every weight (names, dtypes, bytes)."""
+    and cleaning switch, and every weight (names, dtypes, bytes)."""
     tok = encoder.tokenizer
     digest = hashlib.sha256(json.dumps({
         "encoder": type(encoder.encoder).__name__, "tokenizer": type(tok).__name__, "vocab": len(tok),
         "max_length": encoder.max_length, "left_padding": encoder.left_padding,
-        "preprocess": preprocess(" Preprocess  CHECK ")}).encode())
+        "preprocess": preprocess(" Preprocess  CHECK "), "clean_captions": encoder.clean_captions}).encode())
     for name, value in sorted(encoder.encoder.state_dict().items()):
         value = value.detach().cpu().contiguous()
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())

@@ -10,10 +10,16 @@ brings (it is initialised once at construction, as released, and never again).
 A caption condition is ``[B, L, caption_dim]`` T5 features with ``L = token_num`` (120), padded
 with zero rows (left padding by default, as released). Zero rows are padding: no query attends to
 them except themselves (the release's ``emb_masks`` with its identity diagonal).
+
+:class:`CaptionConditioned` is what a Llama-trunk family adds for ``model_type="t2i"``, written
+once for LlamaGen (causal mask) and NAR (``ThisisBillhe/NAR`` ``NAR-images/.../gpt.py``,
+proximity mask): the null caption as ``null_class`` and the padding hidden in whatever mask the
+family runs.
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -71,14 +77,14 @@ def caption_keep(caption: torch.Tensor) -> Optional[torch.Tensor]:
     return None if bool(keep.all()) else keep
 
 
-def padded_causal_mask(keep: torch.Tensor, n: int) -> torch.Tensor:
-    """``[B, 1, n, n]``: causal, caption padding (the first ``L`` keys, ``keep [B, L]``) hidden
-    from every query but itself (the release's ``causal * emb_mask`` with the eye set)."""
-    mask = torch.ones(n, n, dtype=torch.bool, device=keep.device).tril()
-    mask = mask[None].repeat(keep.shape[0], 1, 1)
-    mask[:, :, :keep.shape[1]] &= keep[:, None, :]
-    mask |= torch.eye(n, dtype=torch.bool, device=keep.device)
-    return mask[:, None]
+def padded_mask(keep: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, n, n]``: the square mask ``base [n, n]`` (True = attend; LlamaGen's causal one,
+    NAR's proximity one) of a sequence that starts with the caption, its padding (the first ``L``
+    keys, ``keep [B, L]``) hidden from every query but itself (the release's ``mask * emb_mask``
+    with the eye set)."""
+    n = base.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=keep.device)
+    return hide_padding(base.to(keep.device), keep, n, n) | eye
 
 
 def hide_padding(mask: Optional[torch.Tensor], keep: torch.Tensor, n_new: int, n_keys: int) -> torch.Tensor:
@@ -91,3 +97,64 @@ def hide_padding(mask: Optional[torch.Tensor], keep: torch.Tensor, n_new: int, n
     mask = mask.clone()
     mask[..., :keep.shape[1]] &= keep[:, None, None, :]
     return mask
+
+
+class CaptionConditioned:
+    """Mixin (before :class:`vargen.models.base.Generator`) for a family whose config may say
+    ``model_type="t2i"``: ``is_text_conditioned``, the null caption as ``null_class``, and
+    :meth:`padding_mask`, which the family applies to every mask it runs its blocks with.
+
+    ``_keep [B', L]`` (False at padding) belongs to the rows running now: set for one training
+    forward (:meth:`caption_rows`) or by a prefill (:meth:`start_caption`) until ``clear_cache``,
+    so cached decode steps keep hiding the padding. A class-conditional model never sets it.
+    """
+
+    _keep: Optional[torch.Tensor] = None
+    negative_condition: Optional[torch.Tensor] = None  # [B, L, D] while a pipeline runs negative prompts
+
+    @property
+    def is_text_conditioned(self) -> bool:
+        return self.config.model_type == "t2i"
+
+    @property
+    def null_class(self):
+        """The null class id, or for t2i the null caption ``uncond_embedding [L, caption_dim]`` (a
+        pipeline's negative prompts ``[B, L, caption_dim]`` while it runs them)."""
+        if not self.is_text_conditioned:
+            return super().null_class
+        return self.cls_embedding.uncond_embedding if self.negative_condition is None else self.negative_condition
+
+    def clear_cache(self) -> None:
+        super().clear_cache()
+        self._keep = None
+
+    def start_caption(self, labels: torch.Tensor) -> None:
+        """A prefill: the cached sequence starts with captions ``labels``."""
+        self._keep = caption_keep(labels) if self.is_text_conditioned else None
+
+    @contextlib.contextmanager
+    def caption_rows(self, labels: torch.Tensor) -> Iterator[None]:
+        """Sequences starting with ``labels`` run meanwhile (a training forward), any cached
+        caption's padding put back after."""
+        previous = self._keep
+        self.start_caption(labels)
+        try:
+            yield
+        finally:
+            self._keep = previous
+
+    def padding_mask(self, mask: Optional[torch.Tensor], n_new: int) -> Optional[torch.Tensor]:
+        """``mask`` (None: causal, the attention's default) for ``n_new`` rows run now, with the
+        running caption's padding hidden; unchanged without padding. An empty cache means the rows
+        start the sequence (training, prefill); otherwise they are appended to it (decode)."""
+        keep = self._keep
+        if keep is None:
+            return mask
+        cache = self.layers[0].attention.cache
+        if cache is None or cache.length == 0:
+            if mask is None:
+                mask = torch.ones(n_new, n_new, dtype=torch.bool, device=keep.device).tril()
+            return padded_mask(keep, mask)
+        if mask is None:
+            mask = cache.causal_mask(n_new, device=keep.device)
+        return hide_padding(mask, keep, n_new, cache.length + n_new)
