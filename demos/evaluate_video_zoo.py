@@ -29,7 +29,7 @@ import torch
 
 import vargen
 from vargen.data import MovingMNIST
-from vargen.data.moving_mnist import frame_accuracy
+from vargen.data.moving_mnist import class_scores, frame_hits
 from vargen.eval.fvd import I3DFeatures, fvd_from_stats, mean_cov, video_statistics
 from vargen.eval.stats import load_npz, save_npz
 from vargen.video import write_video
@@ -71,7 +71,7 @@ def main() -> None:
     real = heldout.videos(range(n))
     labels = torch.arange(n) % 10
     classifier = vargen.create_model("digit-classifier", pretrained=True).eval()
-    info["real_frame_accuracy"] = frame_accuracy(classifier, real, heldout.labels[:n])
+    info["real_frame_accuracy"] = class_scores(frame_hits(classifier, real, heldout.labels[:n]))["frame_accuracy"]
     if not args.skip_fvd:
         i3d = I3DFeatures()
         info["i3d_weights"] = i3d.weights_source
@@ -106,7 +106,7 @@ def main() -> None:
         options = {**pipe.sampler_options, **({} if args.cfg_scale is None else {"cfg_scale": args.cfg_scale})}
         row = {"sampler": pipe.default_sampler, **options, "token_grid": list(grid),
                "passes_per_batch": passes / batches, "seconds_per_clip": round(min(seconds_of[name]) / n, 4),
-               "frame_accuracy": frame_accuracy(classifier, clips, labels)}
+               **class_scores(frame_hits(classifier, clips, labels))}
         if not args.skip_fvd:
             t0 = time.perf_counter()
             row["fvd"] = round(fvd_from_stats(video_statistics(clips, i3d, args.i3d_batch_size), real_stats), 2)
@@ -122,19 +122,19 @@ def main() -> None:
         others = heldout.videos(range(n, 2 * n))
         for name, clips, clip_labels in (("real held-out clips n..2n-1", others, heldout.labels[n:2 * n]),
                                          ("video-vq-mnist reconstructions", recon, heldout.labels[:n])):
-            row = {"frame_accuracy": frame_accuracy(classifier, clips, clip_labels),
+            row = {**class_scores(frame_hits(classifier, clips, clip_labels)),
                    "fvd": round(fvd_from_stats(video_statistics(clips, i3d, args.i3d_batch_size), real_stats), 2)}
             results[name] = row
             print(json.dumps({name: row}), flush=True)
 
     first = next(iter(results.values())).get("seconds_per_clip", 1.0)
     print(f"\n| pipeline (n = {n}) | FVD_{n} | frame accuracy (real: {info['real_frame_accuracy']:.1%}) "
-          f"| passes | s/clip |\n|---|---|---|---|---|")
+          f"| clips right | passes | s/clip |\n|---|---|---|---|---|---|")
     for name, row in results.items():
         if "seconds_per_clip" not in row:  # a reference row
-            print(f"| {name} | {row['fvd']:.1f} | {row['frame_accuracy']:.1%} | | |")
+            print(f"| {name} | {row['fvd']:.1f} | {row['frame_accuracy']:.1%} | {row['clips_right']:.1%} | | |")
             continue
-        print(f"| `{name}` | {row.get('fvd', float('nan')):.1f} | {row['frame_accuracy']:.1%} | {row['passes_per_batch']:.0f} | "
+        print(f"| `{name}` | {row.get('fvd', float('nan')):.1f} | {row['frame_accuracy']:.1%} | {row['clips_right']:.1%} | {row['passes_per_batch']:.0f} | "
               f"{row['seconds_per_clip']:.3f} ({row['seconds_per_clip'] / first:.2f}x) |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ import torch
 import vargen
 from vargen.data import MovingMNIST, get_dataset, split_indices
 from vargen.data.mnist import _load
-from vargen.data.moving_mnist import bouncing_positions, frame_accuracy
+from vargen.data.moving_mnist import bouncing_positions, clip_accuracy, frame_accuracy, frame_hits
 
 
 def test_clips_are_reproducible_from_their_seed_and_independent_of_count():
@@ -66,3 +66,20 @@ def test_shipped_classifier_recognises_real_clips():
     assert frame_accuracy(clf, data.videos(), data.labels) > 0.9
     with pytest.raises(ValueError, match="one label per clip"):
         frame_accuracy(clf, data.videos(), data.labels[:3])
+
+
+def test_a_clip_is_right_when_at_least_half_its_frames_read_as_its_label():
+    data = MovingMNIST("heldout", num_clips=20)
+    clf = vargen.create_model("digit-classifier", pretrained=True)
+    videos, labels = data.videos(), data.labels
+    hits = frame_hits(clf, videos, labels)
+    assert hits.shape == (20, 16)
+    assert clip_accuracy(clf, videos, labels) == (hits.float().mean(1) >= 0.5).float().mean().item() > 0.9
+    assert clip_accuracy(clf, videos, (labels + 1) % 10) < 0.2
+    # Splice two fully recognised clips of different digits: k frames of the first, 16 - k of the second.
+    whole = [i for i in range(20) if hits[i].all()]
+    a = whole[0]
+    b = next(i for i in whole if labels[i] != labels[a])
+    spliced = torch.stack([torch.cat([videos[a, :, :k], videos[b, :, k:]], dim=1) for k in (7, 8, 9)])
+    assert clip_accuracy(clf, spliced[:1], labels[a:a + 1]) == 0.0  # 7 of 16 frames
+    assert clip_accuracy(clf, spliced[1:], labels[[a, a]]) == 1.0   # 8 and 9 of 16

@@ -21,7 +21,7 @@ are stored as uint8 ``[N, T, H, W]``.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -143,10 +143,10 @@ def digit_crops(frames: torch.Tensor, digit_size: int, out_size: int = 32) -> to
 
 
 @torch.no_grad()
-def frame_accuracy(classifier: torch.nn.Module, videos: torch.Tensor,
-                   labels: Union[Sequence[int], torch.Tensor], digit_size: int = 16,
-                   centred: bool = True) -> float:
-    """Fraction of frames of ``videos [N, 3, T, H, W]`` that ``classifier`` (e.g. the shipped
+def frame_hits(classifier: torch.nn.Module, videos: torch.Tensor,
+               labels: Union[Sequence[int], torch.Tensor], digit_size: int = 16,
+               centred: bool = True) -> torch.Tensor:
+    """Bool ``[N, T]``: which frames of ``videos [N, 3, T, H, W]`` ``classifier`` (e.g. the shipped
     ``digit-classifier``) assigns the clip's label. ``centred`` classifies :func:`digit_crops`
     (the digit re-centred and scaled to the classifier's training size); otherwise whole frames
     (resized to the classifier's input size when they differ)."""
@@ -162,4 +162,23 @@ def frame_accuracy(classifier: torch.nn.Module, videos: torch.Tensor,
         frames = digit_crops(frames, digit_size, size)
     elif (h, w) != (size, size):
         frames = F.interpolate(frames.float(), size=(size, size), mode="bilinear", antialias=True)
-    return classifier.accuracy(frames, labels.repeat_interleave(t))
+    return (classifier.predict(frames).cpu() == labels.repeat_interleave(t)).view(n, t)
+
+
+def class_scores(hits: torch.Tensor) -> Dict[str, float]:
+    """From :func:`frame_hits` ``[N, T]``: the share of frames read as their clip's label, and of
+    clips "right" (at least half their frames)."""
+    hits = hits.float()
+    return {"frame_accuracy": hits.mean().item(), "clips_right": (hits.mean(1) >= 0.5).float().mean().item()}
+
+
+def frame_accuracy(classifier: torch.nn.Module, videos: torch.Tensor,
+                   labels: Union[Sequence[int], torch.Tensor], **kwargs) -> float:
+    """Fraction of all frames read as their clip's label (:func:`frame_hits`)."""
+    return class_scores(frame_hits(classifier, videos, labels, **kwargs))["frame_accuracy"]
+
+
+def clip_accuracy(classifier: torch.nn.Module, videos: torch.Tensor,
+                  labels: Union[Sequence[int], torch.Tensor], **kwargs) -> float:
+    """Fraction of clips "right": at least half of their frames read as the label (:func:`frame_hits`)."""
+    return class_scores(frame_hits(classifier, videos, labels, **kwargs))["clips_right"]
