@@ -10,12 +10,13 @@ wrong from the first frames?). What a row changes:
   ``checkpoint.pt`` / ``ckpt-STEP.pt`` (its EMA weights, else the raw ones), same architecture;
 - ``--order diagonal|frame``: NAR's decoding order on the same network (``decode_order``);
 - ``--set KEY=VALUE``: sampler options (``cfg_scale``, ``temperature``, ``top_k``, ``top_p``);
-- ``--curve RUN``: instead, every ``RUN/ckpt-*.pt`` in step order, with its training loss.
+- ``--curve RUN``: instead, every ``RUN/ckpt-*.pt`` (``vargen train --keep-every``) in step order,
+  with its training loss.
 
     python demos/ablate_video.py --model nar-video-mnist                          # as shipped
     python demos/ablate_video.py --model nar-video-mnist --order frame            # same net, frame by frame
     python demos/ablate_video.py --model raster-video-mnist --set temperature=0.8 --set top_k=50
-    python demos/ablate_video.py --model raster-video-mnist --curve runs/video-abl/raster-2600
+    python demos/ablate_video.py --model raster-video-mnist --curve runs/raster-video-mnist  # --keep-every run
 """
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def load_weights(pipe, source: str) -> Optional[int]:
     """Put ``source``'s weights into ``pipe.transformer``; the checkpoint's step, if one."""
     path = Path(source)
     if path.is_dir():
-        pipe.transformer.load_state_dict(type(pipe.transformer).from_pretrained(path).state_dict())
+        trained = type(pipe.transformer).from_pretrained(path)
+        pipe.transformer.config.decode_order = trained.config.decode_order
+        pipe.transformer.load_state_dict(trained.state_dict())
         return None
     ckpt = load_checkpoint(path)
     pipe.transformer.config.decode_order = ckpt["model_config"].get("decode_order", "diagonal")

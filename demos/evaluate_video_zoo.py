@@ -34,7 +34,7 @@ from vargen.eval.fvd import I3DFeatures, fvd_from_stats, mean_cov, video_statist
 from vargen.eval.stats import load_npz, save_npz
 from vargen.video import write_video
 
-PIPELINES = ("nar-video-mnist", "raster-video-mnist")
+PIPELINES = ("nar-video-mnist", "nar-video-mnist-diagonal", "raster-video-mnist")
 
 
 def real_statistics(clips: torch.Tensor, i3d: I3DFeatures, path: Path, batch_size: int) -> dict:

@@ -43,5 +43,5 @@ register_model("raster-video-tiny", RasterVideo, LlamaConfig(
 register_model("raster-video-mnist", RasterVideo, LlamaConfig(
     dim=128, n_layer=6, n_head=4, multiple_of=64, vocab_size=256, num_classes=10, latent_shape=(4, 8, 8),
     position_embedding="absolute", token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0),
-               weights=Weights.shipped("raster-video-mnist", "b6a95516e91ebc9f8b22da8ef6b28a2a2e4b6769299160db713bbebcedef9cf3"),
-               recipe=recipes.LARP_AR, pipeline=dict(tokenizer="video-vq-mnist", cfg_scale=3.0))
+               weights=Weights.shipped("raster-video-mnist", "41beef644cfee4c6698e91639cd305e1c91e4be0b848429b87bc752e083371d3"),
+               recipe=recipes.LARP_AR, pipeline=dict(tokenizer="video-vq-mnist", cfg_scale=3.0, top_k=4))

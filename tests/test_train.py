@@ -142,6 +142,15 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, tokens, referenc
     assert log_column(tmp_path, "step") == [2, 4, 6, 8, 10, 12]  # lines past the checkpoint were dropped on resume
 
 
+def test_kept_checkpoints_are_the_run_at_their_steps(tmp_path, tokens, reference):
+    train(tiny(tmp_path, tokens, keep_every=8))
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*.pt")) == ["ckpt-8.pt"]
+    kept = torch.load(tmp_path / "ckpt-8.pt", weights_only=True)
+    assert kept["step"] == 8 and kept["ema"].keys() == kept["model"].keys()
+    with pytest.raises(ValueError, match="multiple of ckpt_every"):
+        train(tiny(tmp_path / "bad", tokens, keep_every=6))
+
+
 def test_run_checkpoint_loads_the_ema_it_exports(reference):
     """``pretrained=OUT/checkpoint.pt`` gives the same weights as ``OUT/final`` (the EMA)."""
     from vargen.hub import load_from

@@ -93,6 +93,8 @@ MODELS: Dict[str, ZooEntry] = {
     "cont-ar-mnist": Z(_CAR, "generator", "weights/cont-ar-mnist", pipeline=True),
     "cont-ar-mingtok-mnist": Z(_CAR, "generator", "weights/cont-ar-mingtok-mnist", pipeline=True),
     "nar-video-mnist": Z("vargen.models.nar_video", "generator", "weights/nar-video-mnist", pipeline=True),
+    "nar-video-mnist-diagonal": Z("vargen.models.nar_video", "generator", "weights/nar-video-mnist-diagonal",
+                                  pipeline=True),
     "raster-video-mnist": Z("vargen.models.raster_video", "generator", "weights/raster-video-mnist", pipeline=True),
     "var-vqvae": Z("vargen.tokenizers.var_vqvae", "tokenizer", "FoundationVision/var/vae_ch160v4096z32.pth"),
     "var-vqvae-512": Z("vargen.tokenizers.var_vqvae", "tokenizer", "FoundationVision/var/vae_ch160v4096z32.pth"),

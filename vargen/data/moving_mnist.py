@@ -172,13 +172,13 @@ def class_scores(hits: torch.Tensor) -> Dict[str, float]:
     return {"frame_accuracy": hits.mean().item(), "clips_right": (hits.mean(1) >= 0.5).float().mean().item()}
 
 
-def frame_accuracy(classifier: torch.nn.Module, videos: torch.Tensor,
-                   labels: Union[Sequence[int], torch.Tensor], **kwargs) -> float:
+def frame_accuracy(classifier: torch.nn.Module, videos: torch.Tensor, labels: Union[Sequence[int], torch.Tensor],
+                   digit_size: int = 16, centred: bool = True) -> float:
     """Fraction of all frames read as their clip's label (:func:`frame_hits`)."""
-    return class_scores(frame_hits(classifier, videos, labels, **kwargs))["frame_accuracy"]
+    return class_scores(frame_hits(classifier, videos, labels, digit_size, centred))["frame_accuracy"]
 
 
-def clip_accuracy(classifier: torch.nn.Module, videos: torch.Tensor,
-                  labels: Union[Sequence[int], torch.Tensor], **kwargs) -> float:
+def clip_accuracy(classifier: torch.nn.Module, videos: torch.Tensor, labels: Union[Sequence[int], torch.Tensor],
+                  digit_size: int = 16, centred: bool = True) -> float:
     """Fraction of clips "right": at least half of their frames read as the label (:func:`frame_hits`)."""
-    return class_scores(frame_hits(classifier, videos, labels, **kwargs))["clips_right"]
+    return class_scores(frame_hits(classifier, videos, labels, digit_size, centred))["clips_right"]

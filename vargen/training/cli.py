@@ -70,6 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-lr", type=RATE, default=None)
     p.add_argument("--seed", type=COUNT, default=d.seed)
     p.add_argument("--ckpt-every", type=POSITIVE, default=d.ckpt_every)
+    p.add_argument("--keep-every", type=COUNT, default=d.keep_every,
+                   help="also keep checkpoint.pt as ckpt-STEP.pt every this many steps (training curves)")
     p.add_argument("--log-every", type=POSITIVE, default=d.log_every)
     p.add_argument("--precision", choices=("bf16", "fp32"), default=d.precision)
     p.add_argument("--device", default=None)

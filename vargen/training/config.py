@@ -43,6 +43,7 @@ class TrainConfig:
     min_lr: Optional[float] = None   # None: the recipe's min_lr_ratio * lr
     seed: int = 0
     ckpt_every: int = 500
+    keep_every: int = 0              # also keep the checkpoint as ckpt-STEP.pt every this many steps; 0: off
     log_every: int = 10
     precision: str = "bf16"          # autocast dtype on CUDA ("fp32" disables); CPU is fp32
     device: Optional[str] = None
@@ -56,12 +57,14 @@ class TrainConfig:
 
     def resolved(self, recipe: Recipe) -> "TrainConfig":
         """Fill unset optimiser fields from ``recipe``; check the rest."""
-        for name, minimum in (("steps", 0), ("batch_size", 1), ("ckpt_every", 1), ("log_every", 1),
+        for name, minimum in (("steps", 0), ("batch_size", 1), ("ckpt_every", 1), ("keep_every", 0), ("log_every", 1),
                               ("warmup_steps", 0), ("seed", 0), ("image_size", 1), ("accum", 1)):
             checks.number(name, getattr(self, name), minimum=minimum, integer=True)
         for name in ("lr", "weight_decay", "grad_clip", "min_lr"):
             checks.number(name, getattr(self, name), minimum=0, optional=True)
         checks.number("peak_tflops", self.peak_tflops, minimum=0, optional=True)
+        if self.keep_every % self.ckpt_every:  # a kept step must be a checkpointed one
+            raise ValueError(f"keep_every ({self.keep_every}) must be a multiple of ckpt_every ({self.ckpt_every})")
         if self.strategy not in ("ddp", "fsdp"):
             raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
         if self.precision not in ("bf16", "fp32"):

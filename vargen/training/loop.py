@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -200,6 +201,8 @@ def train(cfg: TrainConfig, on_step: Optional[Callable[[int], None]] = None) -> 
             elif step % cfg.ckpt_every == 0 or step == cfg.steps:
                 save_checkpoint(ckpt_path, cfg, model, ema, optimizer, step,
                                 wall_before + time.time() - start, device, rank, world_size)
+                if cfg.keep_every and step % cfg.keep_every == 0 and rank == 0:
+                    shutil.copyfile(ckpt_path, out / f"ckpt-{step}.pt")
             if on_step is not None:
                 on_step(step)
         bar.close()
