@@ -177,8 +177,3 @@ def frame_accuracy(classifier: torch.nn.Module, videos: torch.Tensor, labels: Un
     """Fraction of all frames read as their clip's label (:func:`frame_hits`)."""
     return class_scores(frame_hits(classifier, videos, labels, digit_size, centred))["frame_accuracy"]
 
-
-def clip_accuracy(classifier: torch.nn.Module, videos: torch.Tensor, labels: Union[Sequence[int], torch.Tensor],
-                  digit_size: int = 16, centred: bool = True) -> float:
-    """Fraction of clips "right": at least half of their frames read as the label (:func:`frame_hits`)."""
-    return class_scores(frame_hits(classifier, videos, labels, digit_size, centred))["clips_right"]
