@@ -8,6 +8,10 @@ For each pipeline (and sampler variant) it generates ``--num-samples`` class-bal
 
     python demos/evaluate_mnist_zoo.py --num-samples 1000 --json runs/zoo-eval.json
     python demos/evaluate_mnist_zoo.py --dtype bfloat16 --json runs/zoo-eval-bf16.json  # same seeds in bf16
+    python demos/evaluate_mnist_zoo.py --only mar-mnist --temperature 0.7                # a sweep point
+
+Sampler options given on the command line (``--cfg-scale``, ``--temperature``, ``--top-k``, ...)
+override the pipelines' own for every row (a sweep point); unset ones keep the pipeline's.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import torch
 import vargen
 from vargen.eval.inception import InceptionFeatures
 from vargen.eval.metrics import compute_metrics, reference_statistics
+from vargen.cli_args import add_sampler_options, sampling_options
 from vargen.images import save_grid
 from vargen.speed import resolve_dtype
 
@@ -41,14 +46,14 @@ VARIANTS = [  # (pipeline, sampler override or None for the pipeline's default)
 
 
 def evaluate(pipe_name: str, sampler, num_samples: int, batch_size: int, extractor, ref_stats: Path,
-             classifier, out: Path, dtype: torch.dtype = torch.float32) -> dict:
+             classifier, out: Path, dtype: torch.dtype = torch.float32, options: dict = None) -> dict:
     pipe = vargen.load_pipeline(pipe_name, torch_dtype=dtype)
     labels = torch.arange(num_samples) % 10
     start = time.perf_counter()
     images, passes, per_sample = [], [], []
     for i in range(0, num_samples, batch_size):
         images.append(pipe.generate(labels[i:i + batch_size], seed=0, sample_offset=i, sampler=sampler,
-                                    batch_size=batch_size, progress=False))
+                                    batch_size=batch_size, progress=False, **(options or {})))
         passes.append(pipe.last_stats["forward_passes"])
         # Speculative samplers: passes each sample would need alone (what the papers report).
         per_sample += list(pipe.last_stats.get("per_sample_forward_passes", [passes[-1]] * len(images[-1])))
@@ -58,7 +63,7 @@ def evaluate(pipe_name: str, sampler, num_samples: int, batch_size: int, extract
     dtype_name = str(dtype).replace("torch.", "")
     save_grid(images[:100], out / f"{name}{'' if dtype == torch.float32 else '-' + dtype_name}.png", nrow=10)
     metrics = compute_metrics(images, ref_stats, extractor=extractor)
-    return {"model": name, "dtype": dtype_name, "accuracy": classifier.accuracy(images, labels), "fid": metrics["fid"],
+    return {"model": name, "dtype": dtype_name, "options": options or {}, "accuracy": classifier.accuracy(images, labels), "fid": metrics["fid"],
             "forward_passes_per_batch": sum(passes) / len(passes), "batch_size": batch_size,
             "forward_passes_per_sample": float(torch.tensor(per_sample, dtype=torch.float).mean()),
             "seconds_per_image": seconds / num_samples, "num_samples": num_samples,
@@ -81,6 +86,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/zoo-eval")
     parser.add_argument("--json", default=None)
     parser.add_argument("--dtype", default="float32", help="pipeline dtype: float32 or bfloat16")
+    add_sampler_options(parser)
     args = parser.parse_args()
     try:
         dtype = resolve_dtype(args.dtype)
@@ -99,7 +105,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         row = evaluate(pipe_name, sampler, args.num_samples, args.batch_size, extractor, ref_stats,
-                       classifier, out, dtype)
+                       classifier, out, dtype, sampling_options(args))
         rows.append(row)
         print(json.dumps(row), flush=True)
     print_table(["model", "dtype", "accuracy", "FID (held-out)", "forward passes / sample", "forward passes / batch",

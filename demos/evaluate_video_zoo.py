@@ -13,6 +13,10 @@ clip (generation + decoding, measured back to back in this process).
     python demos/evaluate_video_zoo.py --num-clips 10 --skip-fvd --gif side_by_side.gif   # GIF only
     OMP_NUM_THREADS=2 python demos/evaluate_video_zoo.py --num-clips 64 --skip-fvd --repeats 3  # timing only
     python demos/evaluate_video_zoo.py --num-clips 60 --skip-fvd --cfg-scale 1.5           # a cfg sweep point
+    OMP_NUM_THREADS=2 python demos/evaluate_video_zoo.py --pipelines nar-video-mnist --top-k 4  # FVD at top-k 4
+
+Sampler options given on the command line (``--cfg-scale``, ``--temperature``, ``--top-k``, ...)
+override every pipeline's own (``--top-k 0`` turns top-k off); unset ones keep the pipeline's.
 
 The real clips' I3D statistics are cached in ``--real-stats`` (they cost as much as one model's).
 """
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 
 import vargen
+from vargen.cli_args import add_sampler_options, sampling_options
 from vargen.data import MovingMNIST
 from vargen.data.moving_mnist import class_scores, frame_hits
 from vargen.eval.fvd import I3DFeatures, fvd_from_stats, mean_cov, video_statistics
@@ -52,7 +57,6 @@ def main() -> None:
     ap.add_argument("--num-clips", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64, help="generation batch")
     ap.add_argument("--repeats", type=int, default=1, help="timed generation rounds (interleaved; min kept)")
-    ap.add_argument("--cfg-scale", type=float, default=None, help="override the pipelines' cfg (a sweep)")
     ap.add_argument("--i3d-batch-size", type=int, default=8)
     ap.add_argument("--pipelines", nargs="*", default=list(PIPELINES))
     ap.add_argument("--reference-rows", action="store_true",
@@ -63,7 +67,9 @@ def main() -> None:
     ap.add_argument("--skip-fvd", action="store_true", help="no I3D (e.g. only the GIF: --num-clips 10)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--gif", default=None, help="side-by-side clip: one row per pipeline, classes 0-9")
+    add_sampler_options(ap)
     args = ap.parse_args()
+    overrides = sampling_options(args)
     n = args.num_clips
     info = {"num_clips": n, "torch_threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()}
 
@@ -94,8 +100,7 @@ def main() -> None:
             calls = []
             hook = pipe.transformer.layers[0].register_forward_hook(lambda *_: calls.append(1))
             t0 = time.perf_counter()
-            cfg = {} if args.cfg_scale is None else {"cfg_scale": args.cfg_scale}
-            clips = pipe.generate(labels, seed=0, batch_size=args.batch_size, **cfg)
+            clips = pipe.generate(labels, seed=0, batch_size=args.batch_size, **overrides)
             seconds_of[name].append(time.perf_counter() - t0)
             hook.remove()
             clips_of.setdefault(name, (clips, len(calls)))
@@ -103,7 +108,7 @@ def main() -> None:
         clips, passes = clips_of[name]
         batches = -(-n // args.batch_size)
         grid = pipe.transformer.token_grid
-        options = {**pipe.sampler_options, **({} if args.cfg_scale is None else {"cfg_scale": args.cfg_scale})}
+        options = {**pipe.sampler_options, **overrides}
         row = {"sampler": pipe.default_sampler, **options, "token_grid": list(grid),
                "passes_per_batch": passes / batches, "seconds_per_clip": round(min(seconds_of[name]) / n, 4),
                **class_scores(frame_hits(classifier, clips, labels))}

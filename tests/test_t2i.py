@@ -236,7 +236,12 @@ def test_vargen_sample_takes_prompts(tmp_path, monkeypatch, capsys):
     assert main(["sample", "--model", "t2i-test", "--prompt", "a red bicycle", "a cat", "--per-class", "2",
                  "--negative-prompt", "blurry", "--out", str(out)]) == 0
     from PIL import Image
-    assert out.is_file() and Image.open(out).size[0] > 32
+    assert out.is_file() and Image.open(out).size[0] > 32 and pipe.text_encoder.clean_captions
+    assert main(["sample", "--model", "t2i-test", "--prompt", "<b>a cat</b>", "--no-clean-captions",
+                 "--out", str(out)]) == 0
+    assert not pipe.text_encoder.clean_captions  # the release's other path: only lower-cased
+    assert main(["sample", "--model", "t2i-test", "--classes", "1", "--no-clean-captions", "--out", str(out)]) != 0
+    assert "only text-to-image prompts are cleaned" in capsys.readouterr().err
     classes = Pipeline(vargen.create_model("llamagen-vq-tiny"), vargen.create_model("llamagen-tiny"))
     monkeypatch.setattr(vargen.speed, "load_fast_pipeline", lambda *args, **kwargs: classes)
     assert main(["sample", "--model", "x", "--prompt", "a cat", "--out", str(tmp_path / "c.png")]) != 0

@@ -87,6 +87,8 @@ def _add_sample(sub):
     condition.add_argument("--prompt", nargs="+", help="prompts of a text-to-image pipeline "
                            "(quote each: --prompt \"a red bicycle\" \"a cat\")")
     p.add_argument("--negative-prompt", default=None, help="text-to-image: the unconditional prompt of CFG")
+    p.add_argument("--no-clean-captions", action="store_true", help="text-to-image: feed prompts to the text "
+                   "encoder only lower-cased, not through the release's caption cleaning (vargen.text)")
     p.add_argument("--per-class", type=cli_number(integer=True, minimum=1), default=1,
                    help="samples per listed class (or prompt)")
     p.add_argument("--seed", type=cli_number(integer=True, minimum=0), default=0)
@@ -117,6 +119,10 @@ def _add_sample(sub):
             checks.class_labels(args.classes, pipe.transformer.num_classes, name=f"--classes ({args.model})")
         elif getattr(pipe, "text_encoder", None) is None:
             raise ValueError(f"--prompt: {args.model} is class-conditional; pass --classes")
+        if args.no_clean_captions:
+            if args.prompt is None:
+                raise ValueError("--no-clean-captions: only text-to-image prompts are cleaned; pass --prompt")
+            pipe.text_encoder.clean_captions = False
         check_output_kind(args.out, pipe.is_video)
         options = sampling_options(args)
         pipe.make_sampler(args.sampler, **options)  # a refused option fails before sampling

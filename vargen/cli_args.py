@@ -24,9 +24,16 @@ SAMPLING_OPTIONS: Dict[str, dict] = {
     "top_k": dict(type=cli_number(integer=True, minimum=0)),
     "top_p": dict(type=cli_number(above=0, maximum=1)),
 }
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """``--sampler`` and the common sampler options (unset ones keep the pipeline's defaults)."""
     p.add_argument("--sampler", default=None, help="override the pipeline's sampler")
+    add_sampler_options(p)
+
+
+def add_sampler_options(p: argparse.ArgumentParser) -> None:
+    """The common sampler options, ``--cfg-scale`` ... ``--top-p`` (read back by :func:`sampling_options`)."""
     for name, kwargs in SAMPLING_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), default=None, **kwargs)
 
