@@ -9,6 +9,7 @@ For each pipeline (and sampler variant) it generates ``--num-samples`` class-bal
     python demos/evaluate_mnist_zoo.py --num-samples 1000 --json runs/zoo-eval.json
     python demos/evaluate_mnist_zoo.py --dtype bfloat16 --json runs/zoo-eval-bf16.json  # same seeds in bf16
     python demos/evaluate_mnist_zoo.py --only mar-mnist --temperature 0.7                # a sweep point
+    python demos/evaluate_mnist_zoo.py --only mar-mnist --generator-weights runs/mar-mnist/final  # a run
 
 Sampler options given on the command line (``--cfg-scale``, ``--temperature``, ``--top-k``, ...)
 override the pipelines' own for every row (a sweep point); unset ones keep the pipeline's.
@@ -46,8 +47,9 @@ VARIANTS = [  # (pipeline, sampler override or None for the pipeline's default)
 
 
 def evaluate(pipe_name: str, sampler, num_samples: int, batch_size: int, extractor, ref_stats: Path,
-             classifier, out: Path, dtype: torch.dtype = torch.float32, options: dict = None) -> dict:
-    pipe = vargen.load_pipeline(pipe_name, torch_dtype=dtype)
+             classifier, out: Path, dtype: torch.dtype = torch.float32, options: dict = None,
+             generator_weights: str = None) -> dict:
+    pipe = vargen.load_pipeline(pipe_name, torch_dtype=dtype, generator_weights=generator_weights)
     labels = torch.arange(num_samples) % 10
     start = time.perf_counter()
     images, passes, per_sample = [], [], []
@@ -86,8 +88,12 @@ def main() -> None:
     parser.add_argument("--out", default="runs/zoo-eval")
     parser.add_argument("--json", default=None)
     parser.add_argument("--dtype", default="float32", help="pipeline dtype: float32 or bfloat16")
+    parser.add_argument("--generator-weights", default=None,
+                        help="a trained folder for the one --only pipeline (default: its shipped weights)")
     add_sampler_options(parser)
     args = parser.parse_args()
+    if args.generator_weights and len(args.only or ()) != 1:
+        parser.error("--generator-weights needs exactly one --only pipeline")
     try:
         dtype = resolve_dtype(args.dtype)
     except ValueError as e:
@@ -105,7 +111,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         row = evaluate(pipe_name, sampler, args.num_samples, args.batch_size, extractor, ref_stats,
-                       classifier, out, dtype, sampling_options(args))
+                       classifier, out, dtype, sampling_options(args), args.generator_weights)
         rows.append(row)
         print(json.dumps(row), flush=True)
     print_table(["model", "dtype", "accuracy", "FID (held-out)", "forward passes / sample", "forward passes / batch",

@@ -9,6 +9,7 @@ Sample ``i`` of a split asks for digit ``i % 10`` in template ``(i // 10) % K`` 
 
     python demos/evaluate_t2i_mnist.py --num-samples 1000 --json runs/t2i-eval.json
     python demos/evaluate_t2i_mnist.py --generator-weights runs/t2i-mnist/final --cfg-scale 1.5 2 3
+    python demos/evaluate_t2i_mnist.py --num-samples 500 --no-fid --cfg-scale 2 4 --top-k 20  # + a fixed option
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Optional
 import torch
 
 import vargen
+from vargen.cli_args import add_sampler_options, sampling_options
 from vargen.data.captions import HELDOUT_TEMPLATES, SEEN_TEMPLATES, digit_caption
 from vargen.images import save_grid
 
@@ -36,22 +38,23 @@ def split_prompts(templates, num_samples: int) -> tuple:
 
 
 def evaluate_split(pipe, split: str, num_samples: int, batch_size: int, classifier, cfg_scale: Optional[float],
-                   ref_stats: Optional[Path], extractor, out: Path) -> dict:
+                   ref_stats: Optional[Path], extractor, out: Path, overrides: dict) -> dict:
     templates = SEEN_TEMPLATES if split == "seen" else HELDOUT_TEMPLATES
     prompts, digits, which = split_prompts(templates, num_samples)
-    options = {} if cfg_scale is None else {"cfg_scale": cfg_scale}
+    options = {**overrides, **({} if cfg_scale is None else {"cfg_scale": cfg_scale})}
     start, images = time.perf_counter(), []
     for i in range(0, num_samples, batch_size):
         images.append(pipe.generate(prompts[i:i + batch_size], seed=0, sample_offset=i, batch_size=batch_size,
                                     progress=False, **options))
     seconds = time.perf_counter() - start
     images = torch.cat(images)
-    tag = f"{split}" + ("" if cfg_scale is None else f"-cfg{cfg_scale:g}")
+    tag = f"{split}" + ("" if cfg_scale is None else f"-cfg{cfg_scale:g}") + "".join(
+        f"-{k}{v}" for k, v in overrides.items())
     save_grid(images[:100], out / f"t2i-mnist-{tag}.png", nrow=10)
     with torch.no_grad():
         correct = classifier.predict(images).cpu() == digits
     row = {"split": split, "cfg_scale": cfg_scale if cfg_scale is not None else pipe.sampler_options.get("cfg_scale"),
-           "num_samples": num_samples, "accuracy": float(correct.float().mean()),
+           "options": overrides, "num_samples": num_samples, "accuracy": float(correct.float().mean()),
            "per_template": {templates[t]: float(correct[which == t].float().mean()) for t in range(len(templates))},
            "seconds_per_image": seconds / num_samples}
     if ref_stats is not None:
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--generator-weights", default=None, help="a trained folder (default: the shipped weights)")
     parser.add_argument("--cfg-scale", type=float, nargs="*", default=None, help="default: the pipeline's")
+    add_sampler_options(parser, skip=("cfg_scale",))  # e.g. --top-k 20 for every row
     parser.add_argument("--no-fid", action="store_true")
     parser.add_argument("--out", default="runs/t2i-eval")
     parser.add_argument("--json", default=None)
@@ -85,7 +89,7 @@ def main() -> None:
     for cfg_scale in args.cfg_scale or [None]:
         for split in ("seen", "heldout"):
             row = evaluate_split(pipe, split, args.num_samples, args.batch_size, classifier, cfg_scale,
-                                 ref_stats, extractor, out)
+                                 ref_stats, extractor, out, sampling_options(args, skip=("cfg_scale",)))
             rows.append(row)
             print(json.dumps(row), flush=True)
     print_table(["templates", "cfg", "accuracy", "FID (held-out digits)", "s / image"],

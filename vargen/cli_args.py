@@ -32,9 +32,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     add_sampler_options(p)
 
 
-def add_sampler_options(p: argparse.ArgumentParser) -> None:
-    """The common sampler options, ``--cfg-scale`` ... ``--top-p`` (read back by :func:`sampling_options`)."""
+def add_sampler_options(p: argparse.ArgumentParser, skip: tuple = ()) -> None:
+    """The common sampler options, ``--cfg-scale`` ... ``--top-p`` (read back by :func:`sampling_options`),
+    but those named in ``skip`` (a script that sweeps one defines it itself)."""
     for name, kwargs in SAMPLING_OPTIONS.items():
+        if name in skip:
+            continue
         p.add_argument("--" + name.replace("_", "-"), default=None, **kwargs)
 
 
@@ -47,8 +50,8 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
                    "steps (slow first batch; falls back to eager with one warning)")
 
 
-def sampling_options(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in SAMPLING_OPTIONS if getattr(args, k) is not None}
+def sampling_options(args: argparse.Namespace, skip: tuple = ()) -> dict:
+    return {k: getattr(args, k) for k in SAMPLING_OPTIONS if k not in skip and getattr(args, k) is not None}
 
 
 class ArgumentParser(argparse.ArgumentParser):
