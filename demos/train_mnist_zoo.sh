@@ -96,8 +96,8 @@ save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()
 shutil.copy("runs/rar-mnist/final/config.json", "weights/rar-mnist/config.json")
 shutil.copy("runs/rar-mnist/final/README.md", "weights/rar-mnist/README.md")  # + the measured section
 PY
-# MAR on kl-mnist latents (models/mar.py: mar-mnist, 64 tokens, DiffLoss head repeated 2x per token).
-vargen train --model mar-mnist --tokenizer weights/kl-mnist --data mnist --steps 3000 --batch-size 32 \
+# MAR on kl-mnist latents (models/mar.py: mar-mnist, 64 tokens, DiffLoss head repeated 4x per token).
+vargen train --model mar-mnist --tokenizer weights/kl-mnist --data mnist --steps 3000 --batch-size 64 \
     --lr 1e-3 --ema-decay 0.999 --warmup-steps 200 --schedule cosine --min-lr 5e-5 --ckpt-every 250 \
     --log-every 50 --out runs/mar-mnist
 cp -r runs/mar-mnist/final weights/mar-mnist
@@ -108,7 +108,7 @@ cp -r runs/mar-mnist/final weights/mar-mnist
 vargen train --model var-vqvae-mnist --data mnist --steps 2500 --batch-size 32 --lr 1e-3 --ema-decay 0.998 \
     --warmup-steps 50 --ckpt-every 100 --log-every 25 --out runs/var-vqvae-mnist
 cp -r runs/var-vqvae-mnist/final weights/var-vqvae-mnist
-vargen train --model var-mnist --data mnist --tokenizer weights/var-vqvae-mnist --steps 1500 --batch-size 64 \
+vargen train --model var-mnist --data mnist --tokenizer weights/var-vqvae-mnist --steps 2000 --batch-size 64 \
     --lr 5e-4 --ema-decay 0.998 --warmup-steps 50 --schedule cosine --min-lr 5e-5 --ckpt-every 100 --log-every 25 --out runs/var-mnist
 python - <<'PY'
 import shutil
