@@ -50,12 +50,13 @@ def evaluate(pipe_name: str, sampler, num_samples: int, batch_size: int, extract
              classifier, out: Path, dtype: torch.dtype = torch.float32, options: dict = None,
              generator_weights: str = None) -> dict:
     pipe = vargen.load_pipeline(pipe_name, torch_dtype=dtype, generator_weights=generator_weights)
+    options = options or {}
     labels = torch.arange(num_samples) % 10
     start = time.perf_counter()
     images, passes, per_sample = [], [], []
     for i in range(0, num_samples, batch_size):
         images.append(pipe.generate(labels[i:i + batch_size], seed=0, sample_offset=i, sampler=sampler,
-                                    batch_size=batch_size, progress=False, **(options or {})))
+                                    batch_size=batch_size, progress=False, **options))
         passes.append(pipe.last_stats["forward_passes"])
         # Speculative samplers: passes each sample would need alone (what the papers report).
         per_sample += list(pipe.last_stats.get("per_sample_forward_passes", [passes[-1]] * len(images[-1])))
@@ -65,7 +66,7 @@ def evaluate(pipe_name: str, sampler, num_samples: int, batch_size: int, extract
     dtype_name = str(dtype).replace("torch.", "")
     save_grid(images[:100], out / f"{name}{'' if dtype == torch.float32 else '-' + dtype_name}.png", nrow=10)
     metrics = compute_metrics(images, ref_stats, extractor=extractor)
-    return {"model": name, "dtype": dtype_name, "options": options or {}, "accuracy": classifier.accuracy(images, labels), "fid": metrics["fid"],
+    return {"model": name, "dtype": dtype_name, "options": options, "accuracy": classifier.accuracy(images, labels), "fid": metrics["fid"],
             "forward_passes_per_batch": sum(passes) / len(passes), "batch_size": batch_size,
             "forward_passes_per_sample": float(torch.tensor(per_sample, dtype=torch.float).mean()),
             "seconds_per_image": seconds / num_samples, "num_samples": num_samples,

@@ -268,8 +268,9 @@ register_model("mar-tiny", MAR, MARConfig(
     attn_dropout_p=0.0, proj_dropout_p=0.0), weights=Weights(**CHECKPOINT_FORMAT), recipe=recipes.MAR)
 # Shipped: kl-mnist's 8x8x4 latents (64 tokens), no dropout (as xar-mnist), a 3-block head, the
 # head repeated 4x per token in training as MAR's. Pipeline: 16 iterations, 100 DDPM steps, linear
-# CFG, temperature 0.7 (FID 34.5 against 43.8 at 1.0; docs/mar.md); predicted x0 clipped to +-5 (the latents' range is +-4.85): unclipped,
-# this small head's epsilon error at step 999 (~1e-3) is multiplied by sqrt(1 / alpha_bar) = 2e4.
+# CFG, temperature 0.7 (FID 34.5 against 43.8 at 1.0; docs/mar.md); predicted x0 clipped to +-5
+# (the latents' range is +-4.85): unclipped, this small head's epsilon error at step 999 (~1e-3) is
+# multiplied by sqrt(1 / alpha_bar) = 2e4.
 register_model("mar-mnist", MAR, MARConfig(
     dim=128, decoder_dim=128, encoder_depth=3, decoder_depth=3, n_head=4, decoder_n_head=4,
     latent_channels=4, grid_size=8, num_classes=10, buffer_size=8, head_width=128, head_depth=3,

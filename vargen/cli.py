@@ -105,6 +105,8 @@ def _add_sample(sub):
         # Everything that can be refused is refused before the pipeline loads or sampling starts.
         check_output(args.out)
         checks.output_file(args.out, "--out")
+        if args.no_clean_captions and args.prompt is None:
+            raise ValueError("--no-clean-captions: only text-to-image prompts are cleaned; pass --prompt")
         conditions = args.classes if args.prompt is None else args.prompt
         count = len(conditions) * args.per_class
         if count > MAX_GRID_IMAGES:
@@ -120,8 +122,6 @@ def _add_sample(sub):
         elif getattr(pipe, "text_encoder", None) is None:
             raise ValueError(f"--prompt: {args.model} is class-conditional; pass --classes")
         if args.no_clean_captions:
-            if args.prompt is None:
-                raise ValueError("--no-clean-captions: only text-to-image prompts are cleaned; pass --prompt")
             pipe.text_encoder.clean_captions = False
         check_output_kind(args.out, pipe.is_video)
         options = sampling_options(args)
