@@ -149,7 +149,7 @@ def interrupt_when(argv, ready, err_path: Path, timeout: float = 600) -> str:
 
 def test_ctrl_c_vargen_sample(tmp_path):
     err = tmp_path.parent / f"{tmp_path.name}.err"
-    argv = ["vargen.cli", "sample", "--model", "nar-mnist", "--classes", *map(str, range(10)), "--per-class", "30",
+    argv = ["vargen.cli", "sample", "--model", "nar-mnist", "--classes", *map(str, range(10)), "--per-class", "100",
             "--batch-size", "1", "--out", str(tmp_path / "s.png")]
     last = interrupt_when(argv, lambda: "sampling nar-mnist" in err.read_text(), err)
     assert last == "vargen sample: interrupted"
@@ -159,24 +159,24 @@ def test_ctrl_c_vargen_sample(tmp_path):
 def test_ctrl_c_eval_sample_then_resume(tmp_path):
     err = tmp_path / "err.txt"
     out = tmp_path / "run"
-    argv = ["--model", "nar-mnist", "--num-samples", "12", "--batch-size", "2", "--shard-size", "2", "--out", str(out)]
+    argv = ["--model", "nar-mnist", "--num-samples", "60", "--batch-size", "2", "--shard-size", "2", "--out", str(out)]
     shards = lambda: len(list(out.glob("*.npz"))) if out.is_dir() else 0  # noqa: E731
     last = interrupt_when(["vargen.eval.sample", *argv], lambda: shards() >= 1, err)
     assert last == "python -m vargen.eval.sample: interrupted; resume with the same command"
     assert not (out / "samples.npz").exists() and not list(out.rglob("*.tmp"))
     assert eval_sample.main(argv + ["--no-progress"]) == 0  # the same command finishes the run
-    assert load_npz(out / "samples.npz")["arr_0"].shape[0] == 12
+    assert load_npz(out / "samples.npz")["arr_0"].shape[0] == 60
 
 
 def test_ctrl_c_vargen_train_then_resume(assets, tmp_path):
     err = tmp_path / "err.txt"
     out = tmp_path / "run"
-    argv = ["train", "--model", "llamagen-tiny", "--data", str(assets.root / "tokens.safetensors"), "--steps", "40",
+    argv = ["train", "--model", "llamagen-tiny", "--data", str(assets.root / "tokens.safetensors"), "--steps", "200",
             "--batch-size", "4", "--ckpt-every", "1", "--log-every", "1", "--schedule", "constant", "--out", str(out)]
     last = interrupt_when(["vargen.cli", *argv], lambda: (out / "checkpoint.pt").is_file(), err)
     assert last == "vargen train: interrupted; resume with the same command"
     from vargen.training.checkpoint import load_checkpoint
-    assert 1 <= load_checkpoint(out / "checkpoint.pt")["step"] < 40  # whole, mid-run
+    assert 1 <= load_checkpoint(out / "checkpoint.pt")["step"] < 200  # whole, mid-run
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary file left
     assert vargen_main(argv + ["--no-progress"]) == 0
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == 40
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 200
