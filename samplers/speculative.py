@@ -205,6 +205,14 @@ class SJDSampler(DiscreteSampler):
         return tokens.view(-1, *model.token_grid)
 
 
+def _nearest(keys: torch.Tensor, n: int, fill: int, largest: bool = False) -> torch.Tensor:
+    """The ``n`` largest (or smallest) of ``keys [..., V]`` in ascending order, ``fill`` where V < n."""
+    if n > keys.shape[-1]:
+        keys = torch.cat([keys, keys.new_full((*keys.shape[:-1], n - keys.shape[-1]), fill)], -1)
+    values = keys.topk(n, -1, largest=largest).values
+    return values.flip(-1) if largest else values
+
+
 class GSDSampler(SJDSampler):
     """Grouped speculative decoding: SJD whose acceptance uses a group C of tokens around the draft.
 
@@ -255,14 +263,25 @@ class GSDSampler(SJDSampler):
             raise ValueError(f"codebook has {table.shape[0]} rows for a vocabulary of {model.vocab_size}")
         self._embed = table.detach().float().to(model.device)
 
-    def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+    def group(self, p: torch.Tensor, drafts: torch.Tensor) -> tuple:
+        """The ids ``[B, S, G]`` at ascending-p ranks ``[k - G//2, k - G//2 + G)`` around each draft's
+        rank k (ties in index order, as a stable sort), and which of them are inside the vocabulary.
+        Without sorting V: each id gets the unique key (float32 bits of p, which order as p for
+        p >= 0; then its index), and the neighbours are the nearest keys below and above the draft's."""
         vocab = p.shape[-1]
-        order = p.argsort(dim=-1, stable=True)  # ascending target probability, [B, S, V]
-        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(vocab, device=p.device).expand_as(order))
-        k = rank.gather(-1, drafts[..., None])  # [B, S, 1]
-        ranks = k - self.group_size // 2 + torch.arange(self.group_size, device=p.device)  # [B, S, G]
-        inside = (ranks >= 0) & (ranks < vocab)
-        group = order.gather(-1, ranks.clamp(0, vocab - 1))  # [B, S, G] token ids
+        bits = max(1, (vocab - 1).bit_length())
+        ids = torch.arange(vocab, device=p.device)
+        key = (p.float().view(torch.int32).long() << bits) | ids                  # [B, S, V], unique
+        draft_key = key.gather(-1, drafts[..., None])                               # [B, S, 1]
+        top = torch.iinfo(torch.long).max
+        lower = _nearest(torch.where(key < draft_key, key, -1), self.group_size // 2, -1, largest=True)
+        higher = _nearest(torch.where(key > draft_key, key, top), self.group_size - self.group_size // 2 - 1, top)
+        inside = torch.cat([lower >= 0, torch.ones_like(draft_key, dtype=torch.bool), higher < top], -1)
+        group = torch.cat([lower, draft_key, higher], -1) & ((1 << bits) - 1)      # ascending rank
+        return group.clamp(max=vocab - 1), inside
+
+    def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+        group, inside = self.group(p, drafts)
         p_group, q_group = p.gather(-1, group), q.gather(-1, group)
         p_draft = p.gather(-1, drafts[..., None])
         dist = (self._embed[group] - self._embed[drafts][..., None, :]).pow(2).sum(-1)  # [B, S, G]

@@ -163,3 +163,25 @@ def test_ragged_kv_cache_matches_separate_rows():
         assert torch.allclose(attn(block[row:row + 1]), ragged[row:row + 1], atol=1e-6)
     with pytest.raises(ValueError, match="truncate"):
         attn.cache.truncate(torch.tensor([9]))
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 14, 50])
+@pytest.mark.parametrize("vocab", [5, 64, 4096])
+def test_gsd_group_is_the_stable_sorted_neighbourhood_without_sorting(group_size, vocab):
+    """GSD's group (found by nearest keys, no sort over V) equals the slice of ranks
+    ``[k - G//2, k - G//2 + G)`` of a stable ascending argsort, ties and vocabularies smaller than
+    G included, in the same order (so the acceptance sums add in the same order)."""
+    torch.manual_seed(vocab + group_size)
+    p = torch.softmax(torch.randn(3, 7, vocab), -1)
+    p[0, 0, : vocab // 2] = p[0, 0, 0]                 # a run of tied probabilities
+    p[1, 1] = 0.0
+    p[1, 1, 3] = 1.0                                    # all but one tied at zero
+    drafts = torch.randint(0, vocab, (3, 7))
+    order = p.argsort(dim=-1, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(vocab).expand_as(order))
+    ranks = rank.gather(-1, drafts[..., None]) - group_size // 2 + torch.arange(group_size)
+    want_inside = (ranks >= 0) & (ranks < vocab)
+    want = torch.where(want_inside, order.gather(-1, ranks.clamp(0, vocab - 1)), -1)
+    group, inside = create_sampler("gsd", group_size=group_size).group(p, drafts)
+    assert torch.equal(inside, want_inside)
+    assert torch.equal(torch.where(inside, group, -1), want)
