@@ -31,6 +31,12 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * mask.div_(keep)
 
 
+def modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """AdaLN ``x * (1 + scale) + shift`` as released (product, then sum), in one pass: ``x [B, n, C]``,
+    ``scale``, ``shift [B, 1, C]``."""
+    return torch.addcmul(shift, x, scale.add(1))
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, attn_l2_norm: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0):
@@ -54,8 +60,9 @@ class SelfAttention(nn.Module):
 
     def setup_cache(self, batch: int, max_len: int, device, dtype) -> None:
         shape = (batch, self.num_heads, max_len, self.head_dim)
-        self.cache_k = torch.zeros(shape, device=device, dtype=dtype)
-        self.cache_v = torch.zeros(shape, device=device, dtype=dtype)
+        # never read past cache_len, so left unfilled: zeroing [B, H, L, hd] twice per block costs a pass
+        self.cache_k = torch.empty(shape, device=device, dtype=dtype)
+        self.cache_v = torch.empty(shape, device=device, dtype=dtype)
         self.cache_len = 0
 
     def clear_cache(self) -> None:
@@ -91,7 +98,12 @@ class FFN(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.act(self.fc1(x))))
+        h = self.fc1(x)                                    # [B, n, 4C]
+        if torch.is_grad_enabled() and h.requires_grad:
+            h = self.act(h)
+        else:  # inference: in place, as a fresh [B, n, 4C] buffer per block costs more than the GELU
+            h = torch.ops.aten.gelu_(h, approximate="tanh")
+        return self.drop(self.fc2(h))
 
 
 class AdaLNSelfAttn(nn.Module):
@@ -116,10 +128,15 @@ class AdaLNSelfAttn(nn.Module):
         else:
             mods = self.ada_lin(cond).view(-1, 1, 6, self.dim).unbind(2)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mods  # each [B, 1, C]
-        h = self.attn(self.ln_wo_grad(x).mul(scale1.add(1)).add(shift1), attn_bias)
-        x = x + drop_path(h.mul(gamma1), self.drop_path_p, self.training)
-        h = self.ffn(self.ln_wo_grad(x).mul(scale2.add(1)).add(shift2))
-        return x + drop_path(h.mul(gamma2), self.drop_path_p, self.training)
+        x = self.residual(x, self.attn(modulate(self.ln_wo_grad(x), scale1, shift1), attn_bias), gamma1)
+        return self.residual(x, self.ffn(modulate(self.ln_wo_grad(x), scale2, shift2)), gamma2)
+
+    def residual(self, x: torch.Tensor, h: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """``x + drop_path(h * gamma)``; one fused pass (``addcmul``, the same products and sums)
+        unless drop path is active."""
+        if self.training and self.drop_path_p > 0:
+            return x + drop_path(h.mul(gamma), self.drop_path_p, self.training)
+        return torch.addcmul(x, h, gamma)
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -131,7 +148,7 @@ class AdaLNBeforeHead(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.dim).unbind(2)  # scale before shift
-        return self.ln_wo_grad(x).mul(scale.add(1)).add(shift)
+        return modulate(self.ln_wo_grad(x), scale, shift)
 
 
 class SharedAdaLin(nn.Linear):

@@ -27,7 +27,9 @@ class LogitsFilter:
     def filter(self, logits: torch.Tensor) -> torch.Tensor:
         """Temperature, then top-k and top-p filtering (removed entries set to -inf), in float32
         at least: a bf16 generator's logits would tie and round in its own dtype."""
-        logits = full_precision(logits) / max(self.temperature, 1e-5)
+        logits = full_precision(logits)
+        if self.temperature != 1.0:  # x / 1 is x: skip a pass over [B, n, V]
+            logits = logits / max(self.temperature, 1e-5)
         if self.top_k > 0:
             k = min(self.top_k, logits.shape[-1])
             kth = torch.topk(logits, k, dim=-1).values[..., -1:]

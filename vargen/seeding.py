@@ -82,7 +82,7 @@ def sample_from_probs(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tenso
     Equivalent in distribution to ``torch.multinomial`` but driven by the caller's per-sample
     uniforms, so no Python loop over tokens is needed.
     """
-    cdf = probs.double().cumsum(-1)
+    cdf = probs.cumsum(-1, dtype=torch.float64)  # each term cast to float64 first, as .double().cumsum
     target = uniform.double().unsqueeze(-1) * cdf[..., -1:]
     ids = torch.searchsorted(cdf, target, right=True).squeeze(-1)
     return ids.clamp_(max=probs.shape[-1] - 1)
