@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import roofline
 from bench_worker import FAMILIES, NO_OFFICIAL, run_worker
 
 HERE = Path(__file__).resolve().parent
@@ -72,6 +73,8 @@ def generator_jobs(args) -> List[dict]:
                 impls.insert(0, "official")
             except official.OfficialMissing as e:
                 print(f"[{family}] official: skipped ({e})")
+        if args.prepack:
+            impls.append("vargen-prepacked")
         for impl in impls:
             jobs.append(dict(family=family, impl=impl, trunk=TRUNKS[args.size][family], batch=args.batch,
                              cfg=args.cfg, xar_cfg=args.xar_cfg, top_k=args.top_k,
@@ -87,7 +90,7 @@ def run_generators(args) -> List[dict]:
     results: Dict[tuple, List[dict]] = {}
     for r in range(args.repeats):
         for job in (jobs if r % 2 == 0 else jobs[::-1]):  # A B, then B A
-            row = run_worker(job)
+            row = run_worker({**job, "roofline": r == 0})  # the first round also counts FLOPs
             results.setdefault((job["family"], job["impl"]), []).append(row)
             print(f"  round {r + 1}: {job['family']:<10} {job['impl']:<8} {row['seconds']:8.2f} s "
                   f"peak {row['peak_mib']:7.1f} MiB", flush=True)
@@ -105,29 +108,34 @@ def summarise(family: str, impl: str, rows: List[dict]) -> dict:
     passes = next((r["passes"] for r in rows if r["passes"] is not None), None)
     return {"family": family, "impl": impl, "min_s": min(seconds), "median_s": statistics.median(seconds),
             "peak_mib": max(r["peak_mib"] for r in rows), "passes": passes, "runs": len(rows),
-            "tokens_per_image": rows[0].get("tokens_per_image")}
+            "tokens_per_image": rows[0].get("tokens_per_image"), "work": rows[0].get("work")}
 
 
 def generator_table(rows: List[dict], args) -> str:
     by = {(r["family"], r["impl"]): r for r in rows if "profile" not in r}
     cuda = args.device.startswith("cuda")
     lines = ["| family | implementation | forward passes | s / batch (min) | median | img/s | peak MiB | "
-             "official / vargen (min) |" + (" paper img/s (A100) |" if cuda else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|" if cuda else "")]
+             "official / vargen (min) | floor s (bound) | roofline % |" + (" paper img/s (A100) |" if cuda else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cuda else "")]
     for family in args.families:
         ours, theirs = by.get((family, "vargen")), by.get((family, "official"))
-        for r in (theirs, ours):
+        for r in (theirs, ours, by.get((family, "vargen-prepacked"))):
             if r is None:
                 continue
             if r is theirs:
                 ratio = "1.00×"
             elif theirs is not None:
-                ratio = f"**{theirs['min_s'] / ours['min_s']:.2f}×** (median {theirs['median_s'] / ours['median_s']:.2f}×)"
+                ratio = f"**{theirs['min_s'] / r['min_s']:.2f}×** (median {theirs['median_s'] / r['median_s']:.2f}×)"
             else:
                 ratio = "no official run"
             paper = f" {PAPER_IMG_PER_S.get(family, '')} |" if cuda else ""
+            work = (ours or {}).get("work")  # both sides do vargen's counted work: same config and weights
+            floor, bound = roofline.floor_seconds(work, args.peaks) if work and args.peaks else (None, "")
+            roof = f"{floor:.2f} ({bound}) | {100 * floor / r['min_s']:.0f}%" if floor else " | "
             lines.append(f"| {FAMILIES[family][2]} | {r['impl']} | {(ours or r)['passes']} | {r['min_s']:.2f} | "
-                         f"{r['median_s']:.2f} | {args.batch / r['min_s']:.2f} | {r['peak_mib']:.0f} | {ratio} |{paper}")
+                         f"{r['median_s']:.2f} | {args.batch / r['min_s']:.2f} | {r['peak_mib']:.0f} | {ratio} | "
+                         f"{roof} |{paper}")
+    lines.append("\n" + roofline.describe(args.peaks))
     for r in rows:
         if "profile" in r:
             ops = ", ".join(f"{name} {share}%" for name, share in r["profile"])
@@ -335,6 +343,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--video-shape", type=int, nargs=3, default=(4, 16, 16), metavar=("T", "H", "W"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prepack", action="store_true", help="also time vargen with its linear weights prepacked "
+                   "for the CPU GEMM (vargen.speed.prepack_linears, 2 x batch rows)")
     p.add_argument("--profile", default="", help="comma list of families to profile once more (both sides)")
     p.add_argument("--note", default="", help="what else ran on the machine, for the header")
     p.add_argument("--markdown", default=None, help="also write the tables to this file")
@@ -345,6 +355,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     args.argv = argv  # for the header
+    args.peaks = None  # the roofline's, measured when generators run
     cuda = args.device.startswith("cuda")
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
     args.compile = args.compile or ("reduce-overhead" if cuda else "off")
@@ -368,6 +379,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     start = time.perf_counter()
     blocks = [header(args)]
     if args.families:
+        import torch
+        torch.set_num_threads(args.threads)  # peaks at the workers' threads and 2 rows per image (CFG)
+        args.peaks = roofline.measure_peaks(getattr(torch, args.dtype), args.device, rows=2 * args.batch)
         blocks.append(generator_table(run_generators(args), args))
     blocks += run_eval_sections(args)
     blocks.append(f"(whole command: {(time.perf_counter() - start) / 60:.1f} min)")

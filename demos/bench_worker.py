@@ -127,11 +127,17 @@ def worker(spec: dict) -> dict:
         seconds, peak, _ = measure(lambda: run.generate(labels), spec["device"])
         passes, tokens = None, None
     else:
-        _, generate = vargen_generator(family, spec, dtype)
+        model, generate = vargen_generator(family, spec, dtype)
+        if impl == "vargen-prepacked":
+            from vargen.speed import prepack_linears
+            prepack_linears(model, rows=2 * spec["batch"])  # a CFG-doubled decoding step's rows
         seconds, peak, (_, stats) = measure(lambda: generate(labels), spec["device"])
         passes, tokens = stats["forward_passes"], stats.get("tokens_per_image")
     row = {"family": family, "impl": impl, "seconds": seconds, "peak_mib": peak, "passes": passes}
-    if impl == "vargen" and tokens:
+    if impl == "vargen" and spec.get("roofline"):  # one more call, its FLOPs counted (demos/roofline.py)
+        from roofline import count_work
+        row["work"] = count_work(model, lambda: generate(labels)[1])
+    if impl != "official" and tokens:
         row["tokens_per_image"] = tokens
     if spec.get("profile"):
         row["profile"] = profile(run.generate if impl == "official" else generate, labels)

@@ -104,6 +104,11 @@ def test_tables_give_ratios_of_minima():
     assert "**3.00×** (median 3.50×)" in table
     assert "no official run" in table
     assert "**4.00×**" in table  # NAR vs raster, same trunk
+    # the roofline: 1e9 FLOPs at 1 GFLOP/s bind over 256 passes x 1 MB at 1 GB/s; both sides share the floor
+    rows[1]["work"] = dict(flops=1e9, weight_bytes=1e6, passes=256)
+    args.peaks = dict(flops=1e9, bandwidth=1e9, source="given")
+    table = bench.generator_table(rows, args)
+    assert "| 1.00 (compute) | 17% |" in table and "| 1.00 (compute) | 50% |" in table
 
 
 # ----------------------------------------------------------------------------- speculative, text-to-image
@@ -162,3 +167,51 @@ def test_speculative_table_puts_text_models_beside_the_class_model_at_batch_1(mo
     assert "model" in columns and spec.PROMPT in title
     ratios = {(r["model"], r["batch"], r["impl"]): r["speed_up"] for r in rows}  # vs raster of the same model
     assert ratios[("t2i-mnist", 1, "sjd random")] == "2.00×" and ratios[("llamagen-mnist", 16, "sjd random")] == "4.00×"
+
+
+def test_roofline_counts_the_products_and_weights_of_a_run():
+    """FLOPs of one run are the products' (2 m k n each); weights are read once per counted pass;
+    the floor is the larger of compute and streaming time and names which binds."""
+    import roofline
+    layer = torch.nn.Linear(64, 32, bias=False)
+
+    def run():
+        x = torch.randn(4, 64)
+        for _ in range(3):  # three passes of 4 rows
+            layer(x)
+        return {"forward_passes": 3}
+    work = roofline.count_work(layer, run)
+    assert work == {"flops": 3 * 2 * 4 * 64 * 32, "weight_bytes": 64 * 32 * 4, "kv_bytes": 0.0, "passes": 3}
+    assert roofline.floor_seconds(work, {"flops": 1.0, "bandwidth": 1e9}) == (work["flops"], "compute")
+    assert roofline.floor_seconds(work, {"flops": 1e12, "bandwidth": 1.0}) == (3 * 64 * 32 * 4, "memory")
+    # attention reads its keys and values: 2 x [2, 3, 10, 8] float32
+    q, kv = torch.randn(2, 3, 1, 8), torch.randn(2, 3, 10, 8)
+
+    def attend():
+        torch.nn.functional.scaled_dot_product_attention(q, kv, kv)
+        return {"forward_passes": 1}
+    attention = roofline.count_work(layer, attend)
+    assert attention["kv_bytes"] == 2 * kv.numel() * 4 and attention["flops"] == 4 * 2 * 3 * 1 * 10 * 8
+    work["kv_bytes"] = 1e9
+    assert roofline.floor_seconds(work, {"flops": 1e12, "bandwidth": 1.0})[0] == 3 * 64 * 32 * 4 + 1e9
+    peaks = roofline.measure_peaks(torch.float32, size=128, repeats=1)
+    assert peaks["flops"] > 0 and peaks["bandwidth"] > 0 and "measured" in peaks["source"]
+
+
+def test_worker_reports_the_work_of_its_run_for_the_roofline(monkeypatch):
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    spec = dict(trunk=dict(n_layer=1, dim=32, n_head=2), batch=2, cfg=2.0, xar_cfg=2.7, top_k=0, num_steps=2,
+                latent_shape=(2, 2, 2), dtype="float32", device="cpu", seed=0, threads=1, official_root=None,
+                family="raster", impl="vargen", roofline=True)
+    work = bench_worker.worker(spec)["work"]
+    model = bench_worker.vargen_generator("raster", spec, torch.float32)[0]
+    assert work["passes"] == 256
+    assert work["weight_bytes"] == sum(t.numel() * 4 for t in (*model.parameters(), *model.buffers()))
+    # every pass runs the output head on the 2 x 2 CFG rows at least: 2 * rows * dim * vocab FLOPs
+    assert work["flops"] >= 256 * 2 * 4 * model.output.weight.numel()
+
+
+def test_prepack_adds_a_vargen_row_per_family():
+    args = bench.parse_args(["--quick", "--sections", "raster,var", "--prepack"])
+    assert [(j["family"], j["impl"]) for j in bench.generator_jobs(args)] == [
+        ("raster", "vargen"), ("raster", "vargen-prepacked"), ("var", "vargen"), ("var", "vargen-prepacked")]
