@@ -225,3 +225,30 @@ def test_cli_speed_flags(tmp_path, monkeypatch, capsys):
     assert main(["sample", "--model", "nar-mnist", "--classes", "3", "--dtype", "float16",
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "float16 is not offered on CPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepacked_linears_give_the_same_tokens_and_leave_the_weights_alone(dtype):
+    """Prepacking (issue 33) changes the GEMM's weight layout, not what it computes: the same tokens
+    for the same seed at the packed row count (a CFG-doubled batch of 2, 4 rows); autograd, other row
+    counts and in-place weight changes take the plain path; the state dict is untouched."""
+    torch.manual_seed(0)
+    model = vargen.create_model("llamagen-tiny").eval().to(dtype)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sampler = create_sampler("raster", cfg_scale=2.0, top_k=20)
+    labels = torch.tensor([1, 7])
+    with torch.no_grad():
+        plain = sampler(model, labels, SampleRNG(0, 2))
+        speed.prepack_linears(model, rows=4)
+        assert torch.equal(sampler(model, labels, SampleRNG(0, 2)), plain)
+        assert torch.equal(sampler(model, labels[:1], SampleRNG(0, 1)), plain[:1])  # 2 rows: plain path
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    layer = model.output
+    x = torch.randn(4, layer.in_features, dtype=dtype, requires_grad=True)
+    layer(x).sum().backward()  # autograd on: plain F.linear, gradients flow
+    assert x.grad is not None and layer.weight.grad is not None
+    with torch.no_grad():
+        layer.weight.mul_(2)  # changed in place: the packed copy is stale and is not used
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight))
+    speed.unpack_linears(model)
+    assert "forward" not in vars(layer)
