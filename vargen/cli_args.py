@@ -23,6 +23,8 @@ SAMPLING_OPTIONS: Dict[str, dict] = {
     "temperature": dict(type=cli_number(minimum=0)),
     "top_k": dict(type=cli_number(integer=True, minimum=0)),
     "top_p": dict(type=cli_number(above=0, maximum=1)),
+    "solver": dict(choices=("ddpm", "ddim"), help="the MAR head's steps: ancestral DDPM (as released) or "
+                   "deterministic DDIM"),
 }
 
 
