@@ -14,7 +14,8 @@ attention, convolution), key and value bytes by a dispatch mode beside it on eve
 
 On CPU the peaks are measured here, in this process, at the benchmark's threads: a 4096 x 4096
 matmul (min of ``repeats``) and ``rows`` x 4096 against a 4096 x 4096 weight (bytes of the weight
-per second). On CUDA they are the datasheet's dense peaks for known cards (:data:`CUDA_PEAKS`),
+per second; the faster of a plain ``F.linear`` and the prepacked weight of
+``vargen.speed.prepack_linears``, which skips the per-call repacking). On CUDA they are the datasheet's dense peaks for known cards (:data:`CUDA_PEAKS`),
 the measured ones otherwise.
 """
 from __future__ import annotations
@@ -63,8 +64,13 @@ def measure_peaks(dtype: torch.dtype, device: str = "cpu", rows: int = 16, size:
         gemm = _best_seconds(lambda: a @ b, device, repeats)
         x = torch.randn(rows, size, device=device, dtype=dtype)
         stream = _best_seconds(lambda: torch.nn.functional.linear(x, b), device, 4 * repeats)
+        if device == "cpu":  # the weight prepacked (vargen.speed.prepack_linears) streams faster
+            from vargen.speed import prepack_linears
+            packed = prepack_linears(torch.nn.Linear(size, size, bias=False, dtype=dtype), rows)
+            stream = min(stream, _best_seconds(lambda: packed(x), device, 4 * repeats))
     return {"flops": 2 * size ** 3 / gemm, "bandwidth": b.numel() * b.element_size() / stream,
-            "source": f"measured: {size}² matmul, {rows} rows × a {size}² weight"}
+            "source": f"measured: {size}² matmul; {rows} rows × a {size}² weight, the faster of plain "
+                      f"and prepacked"}
 
 
 def _is_attention(op) -> bool:
@@ -113,5 +119,5 @@ def describe(peaks: Optional[Dict[str, float]]) -> str:
         return ""
     return (f"Roofline: GEMM peak {peaks['flops'] / 1e9:,.0f} GFLOP/s, weight streaming "
             f"{peaks['bandwidth'] / 1e9:,.1f} GB/s ({peaks['source']}). A row's floor is the larger of its "
-            f"counted FLOPs at the peak and passes × weight bytes at the streaming rate (demos/roofline.py); "
-            f"roofline % = floor / seconds (min).")
+            f"counted FLOPs at the peak and its streamed bytes (passes × weight bytes + the keys and values "
+            f"attention reads) at the streaming rate (demos/roofline.py); roofline % = floor / seconds (min).")
