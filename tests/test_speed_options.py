@@ -241,7 +241,7 @@ def test_prepacked_linears_give_the_same_tokens_and_leave_the_weights_alone(dtyp
         plain = sampler(model, labels, SampleRNG(0, 2))
         speed.prepack_linears(model, rows=4)
         assert torch.equal(sampler(model, labels, SampleRNG(0, 2)), plain)
-        assert torch.equal(sampler(model, labels[:1], SampleRNG(0, 1)), plain[:1])  # 2 rows: plain path
+        assert torch.equal(sampler(model, labels[:1], SampleRNG(0, 1)), plain[:1])  # 2 rows (fp32: plain path)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     layer = model.output
     x = torch.randn(4, layer.in_features, dtype=dtype, requires_grad=True)
@@ -250,5 +250,18 @@ def test_prepacked_linears_give_the_same_tokens_and_leave_the_weights_alone(dtyp
     with torch.no_grad():
         layer.weight.mul_(2)  # changed in place: the packed copy is stale and is not used
         torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight))
+    layer.to(torch.float64).to(dtype)  # new storage of the same version: the packed copy is stale
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight))
     speed.unpack_linears(model)
     assert "forward" not in vars(layer)
+
+
+def test_prepacking_leaves_linear_subclasses_alone():
+    """A subclass may reshape its output (VAR's SharedAdaLin): only exact nn.Linear is packed."""
+    from vargen.models.var_blocks import SharedAdaLin
+    model = torch.nn.Sequential(SharedAdaLin(8, 6 * 4), torch.nn.Linear(8, 8))
+    speed.prepack_linears(model, rows=2)
+    assert "forward" not in vars(model[0]) and "forward" in vars(model[1])
+    with torch.no_grad():
+        assert model[0](torch.randn(2, 8)).shape == (2, 1, 6, 4)

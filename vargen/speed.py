@@ -158,32 +158,37 @@ def prepack_linears(model: torch.nn.Module, rows: int) -> torch.nn.Module:
     the plain ``F.linear``. The state dict is untouched; :func:`unpack_linears` undoes it.
     """
     for m in model.modules():
-        if not isinstance(m, torch.nn.Linear) or m.weight.device.type != "cpu":
+        # exactly nn.Linear: a subclass may reshape its output (VAR's SharedAdaLin)
+        if type(m) is not torch.nn.Linear or m.weight.device.type != "cpu":
             continue
         w = m.weight.detach()
         if w.dtype == torch.float32 and torch._C.has_mkl:
             packed = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
-        elif w.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        elif w.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
             packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
         else:
             continue
-        m.forward = functools.partial(_packed_linear, m, packed, w.dtype, rows, m.weight._version)
+        stamp = (w.data_ptr(), w.dtype, m.weight._version)  # the weight the packed copy was made from
+        m.forward = functools.partial(_packed_linear, m, packed, stamp, rows)
     return model
 
 
 def unpack_linears(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo :func:`prepack_linears`: every ``nn.Linear`` runs its own ``forward`` again."""
     for m in model.modules():
         if isinstance(m, torch.nn.Linear):
             vars(m).pop("forward", None)
     return model
 
 
-def _packed_linear(m: torch.nn.Linear, packed: torch.Tensor, dtype: torch.dtype, rows: int, version: int,
+def _packed_linear(m: torch.nn.Linear, packed: torch.Tensor, stamp: tuple, rows: int,
                    x: torch.Tensor) -> torch.Tensor:
-    lead = x.shape[:-1]
-    if torch.is_grad_enabled() or x.dtype != dtype or m.weight._version != version or (
-            dtype == torch.float32 and x[..., 0].numel() != rows):
-        return torch.nn.functional.linear(x, m.weight, m.bias)
+    lead, w = x.shape[:-1], m.weight
+    dtype = stamp[1]
+    # the packed copy is stale after .to(...) (new storage), in-place changes (version) or a move
+    if torch.is_grad_enabled() or x.dtype != dtype or x.device.type != "cpu" or (
+            (w.data_ptr(), w.dtype, w._version) != stamp) or (dtype == torch.float32 and x[..., 0].numel() != rows):
+        return torch.nn.functional.linear(x, w, m.bias)
     x2 = x.reshape(-1, x.shape[-1])
     if dtype == torch.float32:
         out = torch.ops.mkl._mkl_linear(x2, packed, m.weight, m.bias, rows)
