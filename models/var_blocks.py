@@ -32,8 +32,8 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 def modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """AdaLN ``x * (1 + scale) + shift`` as released (product, then sum), in one pass: ``x [B, n, C]``,
-    ``scale``, ``shift [B, 1, C]``."""
+    """AdaLN ``x * (1 + scale) + shift`` in one pass (a fused multiply-add: equal to the released
+    product-then-sum up to one rounding): ``x [B, n, C]``, ``scale``, ``shift [B, 1, C]``."""
     return torch.addcmul(shift, x, scale.add(1))
 
 
@@ -99,10 +99,10 @@ class FFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)                                    # [B, n, 4C]
-        if torch.is_grad_enabled() and h.requires_grad:
+        if h.requires_grad:
             h = self.act(h)
         else:  # inference: in place, as a fresh [B, n, 4C] buffer per block costs more than the GELU
-            h = torch.ops.aten.gelu_(h, approximate="tanh")
+            h = torch.ops.aten.gelu_(h, approximate=self.act.approximate)
         return self.drop(self.fc2(h))
 
 
@@ -132,7 +132,7 @@ class AdaLNSelfAttn(nn.Module):
         return self.residual(x, self.ffn(modulate(self.ln_wo_grad(x), scale2, shift2)), gamma2)
 
     def residual(self, x: torch.Tensor, h: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        """``x + drop_path(h * gamma)``; one fused pass (``addcmul``, the same products and sums)
+        """``x + drop_path(h * gamma)``; one fused pass (``addcmul``, equal up to one rounding)
         unless drop path is active."""
         if self.training and self.drop_path_p > 0:
             return x + drop_path(h.mul(gamma), self.drop_path_p, self.training)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -205,7 +205,7 @@ class SJDSampler(DiscreteSampler):
         return tokens.view(-1, *model.token_grid)
 
 
-def _nearest(keys: torch.Tensor, n: int, fill: int, largest: bool = False) -> torch.Tensor:
+def _closest_keys(keys: torch.Tensor, n: int, fill: int, largest: bool = False) -> torch.Tensor:
     """The ``n`` largest (or smallest) of ``keys [..., V]`` in ascending order, ``fill`` where V < n."""
     if n > keys.shape[-1]:
         keys = torch.cat([keys, keys.new_full((*keys.shape[:-1], n - keys.shape[-1]), fill)], -1)
@@ -263,19 +263,20 @@ class GSDSampler(SJDSampler):
             raise ValueError(f"codebook has {table.shape[0]} rows for a vocabulary of {model.vocab_size}")
         self._embed = table.detach().float().to(model.device)
 
-    def group(self, p: torch.Tensor, drafts: torch.Tensor) -> tuple:
+    def group(self, p: torch.Tensor, drafts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The ids ``[B, S, G]`` at ascending-p ranks ``[k - G//2, k - G//2 + G)`` around each draft's
         rank k (ties in index order, as a stable sort), and which of them are inside the vocabulary.
         Without sorting V: each id gets the unique key (float32 bits of p, which order as p for
-        p >= 0; then its index), and the neighbours are the nearest keys below and above the draft's."""
+        p >= 0; then its index), and the neighbours are the nearest keys below and above the draft's.
+        Ranked in float32: float64 probabilities that round to the same float32 count as tied."""
         vocab = p.shape[-1]
         bits = max(1, (vocab - 1).bit_length())
         ids = torch.arange(vocab, device=p.device)
         key = (p.float().view(torch.int32).long() << bits) | ids                  # [B, S, V], unique
         draft_key = key.gather(-1, drafts[..., None])                               # [B, S, 1]
         top = torch.iinfo(torch.long).max
-        lower = _nearest(torch.where(key < draft_key, key, -1), self.group_size // 2, -1, largest=True)
-        higher = _nearest(torch.where(key > draft_key, key, top), self.group_size - self.group_size // 2 - 1, top)
+        lower = _closest_keys(torch.where(key < draft_key, key, -1), self.group_size // 2, -1, largest=True)
+        higher = _closest_keys(torch.where(key > draft_key, key, top), self.group_size - self.group_size // 2 - 1, top)
         inside = torch.cat([lower >= 0, torch.ones_like(draft_key, dtype=torch.bool), higher < top], -1)
         group = torch.cat([lower, draft_key, higher], -1) & ((1 << bits) - 1)      # ascending rank
         return group.clamp(max=vocab - 1), inside
