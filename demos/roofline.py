@@ -5,9 +5,12 @@ A generator's sampling run must at least (a) do its matrix products and attentio
 them, at the GEMM peak, and (b) read every weight once per forward pass, ``passes x weight_bytes``,
 and the keys and values each attention call attends to, ``kv_bytes``, at the rate a GEMM with the
 decoding row count streams a weight matrix. Its floor is the larger of the two, ``max(flops /
-peak, (passes * weight_bytes + kv_bytes) / bandwidth)``: a bound no implementation
-can beat on this machine, tight for passes that are all compute-bound (VAR's last scales, NAR's
-wide steps) or all memory-bound (one-token raster steps). ``flops`` are counted by
+peak, (passes * weight_bytes + kv_bytes) / bandwidth)``. It is the floor of this machine's GEMM
+kernels, not of its hardware; tight for passes that are all compute-bound (VAR's last scales,
+NAR's wide steps) or all memory-bound (one-token raster steps). ``weight_bytes`` counts every
+parameter and buffer, embedding tables included, of which a pass reads only a few rows
+(LlamaGen-B's 16384 x 768 code table is 11% of its bytes), so a memory-bound floor is that much
+high and its fraction that much flattering. ``flops`` are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` over one more call of the run (matmul, addmm,
 attention, convolution), key and value bytes by a dispatch mode beside it on every
 ``scaled_dot_product_attention`` kernel; the fraction reached is ``floor / seconds``.
@@ -15,8 +18,8 @@ attention, convolution), key and value bytes by a dispatch mode beside it on eve
 On CPU the peaks are measured here, in this process, at the benchmark's threads: a 4096 x 4096
 matmul (min of ``repeats``) and ``rows`` x 4096 against a 4096 x 4096 weight (bytes of the weight
 per second; the faster of a plain ``F.linear`` and the prepacked weight of
-``vargen.speed.prepack_linears``, which skips the per-call repacking). On CUDA they are the datasheet's dense peaks for known cards (:data:`CUDA_PEAKS`),
-the measured ones otherwise.
+``vargen.speed.prepack_linears``, which skips the per-call repacking). On CUDA they are the
+datasheet's dense peaks for known cards (:data:`CUDA_PEAKS`), the measured ones otherwise.
 """
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ def _is_attention(op) -> bool:
     return "scaled_dot_product" in str(op)
 
 
-class _Attention(TorchDispatchMode):
+class _AttentionCounter(TorchDispatchMode):
     """FLOPs of every attention kernel (``FlopCounterMode`` has no formula for the CPU flash
     kernel) and the key and value bytes it reads (the KV cache: at one-token steps a stream as
     large as the weights)."""
@@ -98,7 +101,7 @@ def count_work(model: torch.nn.Module, run: Callable[[], dict]) -> Dict[str, flo
     """FLOPs and attention key/value bytes of one more ``run()`` (which returns the sampler's stats,
     ``forward_passes`` in them), and the bytes of ``model``'s parameters and buffers."""
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter, _Attention() as attention:
+    with FlopCounterMode(display=False) as counter, _AttentionCounter() as attention:
         stats = run()
     products = sum(n for op, n in counter.get_flop_counts().get("Global", {}).items() if not _is_attention(op))
     weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))

@@ -35,7 +35,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_sampler_options(p: argparse.ArgumentParser, skip: tuple = ()) -> None:
-    """The common sampler options, ``--cfg-scale`` ... ``--top-p`` (read back by :func:`sampling_options`),
+    """The common sampler options, ``--cfg-scale`` ... ``--solver`` (read back by :func:`sampling_options`),
     but those named in ``skip`` (a script that sweeps one defines it itself)."""
     for name, kwargs in SAMPLING_OPTIONS.items():
         if name in skip:
