@@ -9,8 +9,8 @@ peak, (passes * weight_bytes + kv_bytes) / bandwidth)``. It is the floor of this
 kernels, not of its hardware; tight for passes that are all compute-bound (VAR's last scales,
 NAR's wide steps) or all memory-bound (one-token raster steps). ``weight_bytes`` counts every
 parameter and buffer, embedding tables included, of which a pass reads only a few rows
-(LlamaGen-B's 16384 x 768 code table is 11% of its bytes), so a memory-bound floor is that much
-high and its fraction that much flattering. ``flops`` are counted by
+(LlamaGen-B's code and class tables are 12% of its bytes), so a memory-bound floor is high by
+up to that much and its fraction as flattering. ``flops`` are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` over one more call of the run (matmul, addmm,
 attention, convolution), key and value bytes by a dispatch mode beside it on every
 ``scaled_dot_product_attention`` kernel; the fraction reached is ``floor / seconds``.
