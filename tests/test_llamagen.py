@@ -121,6 +121,30 @@ def test_logits_processor_filters_and_guides():
         LogitsProcessor(top_p=0.0)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_top_k_then_top_p_sorts_only_the_candidates(tied):
+    """The top-k + top-p shortcut equals top-k masking followed by top-p over the whole row:
+    exactly on continuous logits; with ties (bf16-rounded, as a bf16 generator's), the same
+    kept values (ties at the k-th value stay in; which of two equal logits crosses top-p is the
+    sort's choice either way)."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 17, 512) * 3
+    if tied:
+        logits = logits.bfloat16().float().round(decimals=1)
+    ties_at_k = []
+    for k, p in ((40, 0.9), (300, 0.5), (512, 0.99), (1, 0.3)):
+        shortcut = LogitsProcessor(top_k=k, top_p=p).filter(logits)
+        reference = LogitsProcessor(top_p=p).filter(LogitsProcessor(top_k=k).filter(logits))
+        if tied:  # the same kept values
+            kept = lambda x: x.sort(-1, descending=True).values  # noqa: E731
+            assert torch.equal(kept(shortcut), kept(reference))
+        else:
+            assert torch.equal(shortcut, reference)
+            assert ((shortcut > float("-inf")).sum(-1) <= k).all()
+        ties_at_k.append(bool(((logits >= logits.topk(k, -1).values[..., -1:]).sum(-1) > k).any()))
+    assert any(ties_at_k) == tied  # the tied case did widen the candidate list
+
+
 def test_class_label_out_of_range_is_a_clear_error():
     model = tiny()
     with pytest.raises(ValueError, match=r"class labels must be in \[0, 9\]"):
