@@ -81,7 +81,8 @@ def generator_jobs(args) -> List[dict]:
                              num_steps=args.xar_steps if family == "xar" else args.head_steps,
                              latent_shape=args.video_shape, dtype=args.dtype, device=args.device,
                              seed=args.seed, threads=args.threads, official_root=args.official_root,
-                             compile=args.compile, var_cfg=args.var_cfg, var_decode=args.var_decode))
+                             compile=args.compile, var_cfg=args.var_cfg, var_decode=args.var_decode,
+                             mar_iter=args.mar_iter))
     return jobs
 
 
@@ -295,7 +296,7 @@ def header(args) -> str:
     return (f"`{command_line(args.argv)}`: torch {torch.__version__}, {device}, "
             f"{args.threads} threads, {args.dtype}, compile {args.compile}, size {args.size}, batch {args.batch}, "
             f"CFG {args.cfg} (xAR {args.xar_cfg}, {args.xar_steps} SDE steps per cell; VAR {args.var_cfg}), "
-            f"top-k {args.top_k}, "
+            f"top-k {args.top_k}, MAR {args.mar_iter} iterations x {args.head_steps} head steps, "
             f"{args.repeats} rounds A B / B A; load average at the start {os.getloadavg()[0]:.2f}"
             f"{'; ' + args.note if args.note else ''}; {time.strftime('%Y-%m-%d')}")
 
@@ -339,7 +340,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--var-decode", action="store_true",
                    help="VAR rows include the VQVAE decoder (the official function's fhat_to_img)")
     p.add_argument("--xar-steps", type=int, default=None, help="flow steps per xAR cell (default 40; 10 quick)")
-    p.add_argument("--head-steps", type=int, default=None, help="flow-head steps of the continuous AR")
+    p.add_argument("--head-steps", type=int, default=None, help="head steps of the continuous AR and MAR")
+    p.add_argument("--mar-iter", type=int, default=64, help="MAR's iterations (the release's fast setting)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--video-shape", type=int, nargs=3, default=(4, 16, 16), metavar=("T", "H", "W"))
     p.add_argument("--seed", type=int, default=0)
