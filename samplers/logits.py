@@ -56,7 +56,8 @@ class LogitsFilter:
         """Top-k then top-p as :meth:`filter` without this shortcut, sorting the candidates rather
         than the vocabulary (VAR's top-k 900 of 4096: the sort was a tenth of a sampling step).
         Ties at the k-th value stay in, so the candidate list widens to the most ties of a row."""
-        kept = int((logits >= kth).sum(-1).max())
+        ties = (logits >= kth).sum(-1)
+        kept = int(ties.max()) if ties.numel() else 0  # no rows: nothing to widen
         if kept > values.shape[-1]:
             values, ids = torch.topk(logits, kept, dim=-1)
             values = values.masked_fill(values < kth, float("-inf"))

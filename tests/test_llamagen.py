@@ -143,6 +143,8 @@ def test_top_k_then_top_p_sorts_only_the_candidates(tied):
             assert ((shortcut > float("-inf")).sum(-1) <= k).all()
         ties_at_k.append(bool(((logits >= logits.topk(k, -1).values[..., -1:]).sum(-1) > k).any()))
     assert any(ties_at_k) == tied  # the tied case did widen the candidate list
+    empty = torch.zeros(2, 0, 512)  # no positions (an empty window): nothing to filter
+    assert LogitsProcessor(top_k=40, top_p=0.9).filter(empty).shape == empty.shape
 
 
 def test_class_label_out_of_range_is_a_clear_error():
