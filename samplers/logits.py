@@ -34,35 +34,26 @@ class LogitsFilter:
             k = min(self.top_k, logits.shape[-1])
             values, ids = torch.topk(logits, k, dim=-1)  # descending
             kth = values[..., -1:]
-            if self.top_p < 1.0:  # top-p over the k candidates only: the rest are -inf already
-                return self._top_k_then_p(logits, values, ids, kth)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if self.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-            remove = self._top_p_removed(sorted_logits)
-            logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-        return logits
-
-    def _top_p_removed(self, sorted_logits: torch.Tensor) -> torch.Tensor:
-        """Entries past the smallest prefix of the descending ``sorted_logits`` whose probability
-        reaches ``top_p`` (the token that crosses it is kept, and always the first)."""
-        remove = sorted_logits.softmax(-1).cumsum(-1) > self.top_p
+            if self.top_p >= 1.0:
+                return logits.masked_fill(logits < kth, float("-inf"))
+            # top-p over the k candidates only (the rest are -inf already): VAR's top-k 900 of
+            # 4096 no longer sorts the vocabulary. Ties at the k-th value stay in, so the
+            # candidate list widens to the most ties of a row.
+            ties = (logits >= kth).sum(-1)
+            kept = int(ties.max()) if ties.numel() else 0  # no rows: nothing to widen
+            if kept > k:
+                values, ids = torch.topk(logits, kept, dim=-1)
+                values = values.masked_fill(values < kth, float("-inf"))
+        elif self.top_p < 1.0:
+            values, ids = torch.sort(logits, descending=True, dim=-1)
+        else:
+            return logits
+        # top-p on the descending candidates: the smallest prefix whose probability reaches top_p
+        # (the token that crosses it is kept, and always the first)
+        remove = values.softmax(-1).cumsum(-1) > self.top_p
         remove[..., 1:] = remove[..., :-1].clone()
         remove[..., 0] = False
-        return remove
-
-    def _top_k_then_p(self, logits: torch.Tensor, values: torch.Tensor, ids: torch.Tensor,
-                      kth: torch.Tensor) -> torch.Tensor:
-        """Top-k then top-p as :meth:`filter` without this shortcut, sorting the candidates rather
-        than the vocabulary (VAR's top-k 900 of 4096: the sort was a tenth of a sampling step).
-        Ties at the k-th value stay in, so the candidate list widens to the most ties of a row."""
-        ties = (logits >= kth).sum(-1)
-        kept = int(ties.max()) if ties.numel() else 0  # no rows: nothing to widen
-        if kept > values.shape[-1]:
-            values, ids = torch.topk(logits, kept, dim=-1)
-            values = values.masked_fill(values < kth, float("-inf"))
-        values = values.masked_fill(self._top_p_removed(values), float("-inf"))
-        return torch.full_like(logits, float("-inf")).scatter_(-1, ids, values)
+        return torch.full_like(logits, float("-inf")).scatter_(-1, ids, values.masked_fill(remove, float("-inf")))
 
 
 @dataclass
