@@ -234,6 +234,19 @@ def test_training_masks_follow_the_truncated_normal():
     assert 0.8 < sum(fractions) / len(fractions) < 0.9  # E = 1 - 0.25 * phi(0)/(Phi(0)-Phi(-1.2)) ~ 0.84
 
 
+def test_wider_mask_ratios_reach_the_few_masked_tokens_of_late_iterations():
+    """mar-mnist's N(1, 0.5) on [0, 1]: E r = 1 - 0.5 (phi(0) - phi(2)) / (Phi(0) - Phi(-2)) ~ 0.64,
+    P(r < 0.5) ~ 0.28 (16 tokens: masked counts round up, by 1/32 on average)."""
+    model = tiny(mask_ratio_min=0.0, mask_ratio_std=0.5)
+    torch.manual_seed(0)
+    fractions = torch.tensor([1 - model.random_known(2, torch.device("cpu"))[0].float().mean().item()
+                              for _ in range(600)])
+    assert 0.6 < fractions.mean() < 0.72 and 0.18 < (fractions < 0.5).float().mean() < 0.35
+    for bad in (dict(mask_ratio_min=1.0), dict(mask_ratio_std=0.0)):
+        with pytest.raises(ValueError, match="mask_ratio"):
+            tiny(**bad)
+
+
 def test_tiny_mar_fits_and_regenerates_latent_grids():
     """A handful of class-labelled latent grids (pooled MNIST digits, unit std): trained briefly,
     the sampler regenerates each class's grid (latent MSE < 0.05)."""
