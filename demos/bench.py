@@ -11,16 +11,14 @@ A worker is demos/bench_worker.py; this file is the command: jobs, rounds, table
     python demos/bench.py --official-root $OFFICIAL --quick          # <= 20 min on 2 CPU cores
     python demos/bench.py --official-root $OFFICIAL --size b --repeats 3
     python demos/bench.py --official-root $OFFICIAL --size b --device cuda --dtype bfloat16 --compile
-    python demos/bench.py ... --update-doc          # rewrite this run's block of docs/benchmarks.md
-    python demos/bench.py ... --update-doc FILE.md  # or of another file with the same markers
+    python demos/bench.py ... --update-doc [FILE.md]  # rewrite this run's block of docs/benchmarks.md (or FILE)
 
 ``--official-root`` is a scratch folder holding checkouts of the official repositories (see
 demos/official.py); without it, or where one is missing, the official rows are skipped with a
 message and vargen runs on its own seeded weights. Official code is never part of vargen.
 
-The block's first line is the command that wrote it, without machine paths: an absolute path
-under the current directory is shown relative to it; outside it, the official root is shown as
-``$OFFICIAL`` and any other path by its file name.
+The block's first line is the command that wrote it, without machine paths (relative to the
+current directory, ``$OFFICIAL`` for the official root, else the file name).
 """
 from __future__ import annotations
 
@@ -82,7 +80,7 @@ def generator_jobs(args) -> List[dict]:
                              latent_shape=args.video_shape, dtype=args.dtype, device=args.device,
                              seed=args.seed, threads=args.threads, official_root=args.official_root,
                              compile=args.compile, var_cfg=args.var_cfg, var_decode=args.var_decode,
-                             mar_iter=args.mar_iter))
+                             mar_iter=args.mar_iter, official_keep_memory=args.official_keep_memory))
     return jobs
 
 
@@ -347,6 +345,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prepack", action="store_true", help="also time vargen with its linear weights prepacked "
                    "for the CPU GEMM (vargen.speed.prepack_linears, 2 x batch rows)")
+    p.add_argument("--official-keep-memory", action="store_true", help="the official side's processes keep "
+                   "freed memory too (vargen.speed.keep_freed_memory, which vargen's CLI and side apply)")
     p.add_argument("--profile", default="", help="comma list of families to profile once more (both sides)")
     p.add_argument("--note", default="", help="what else ran on the machine, for the header")
     p.add_argument("--markdown", default=None, help="also write the tables to this file")

@@ -82,6 +82,8 @@ def vargen_generator(family: str, spec: dict, torch_dtype):
         torch.manual_seed(spec["seed"])
         official.randomise_zero_heads(model)
     model = model.eval().to(device=spec["device"], dtype=torch_dtype)
+    if spec["device"] == "cpu":  # as vargen's CLI does (load_fast_pipeline); the official code does not
+        speed.keep_freed_memory()
     if spec.get("compile", "off") != "off":  # CUDA graphs come with mode="reduce-overhead"
         speed.compile_steps(model, mode=None if spec["compile"] == "default" else spec["compile"])
     sampler = create_sampler(sampler_name, **sampler_options(family, spec))
@@ -122,6 +124,9 @@ def worker(spec: dict) -> dict:
     family, impl = spec["family"], spec["impl"]
     labels = torch.arange(spec["batch"], device=spec["device"]) % (101 if family == "video-nar" else 1000)
     if impl == "official":
+        if spec.get("official_keep_memory"):
+            from vargen.speed import keep_freed_memory
+            keep_freed_memory()
         run = official.build(family, spec["official_root"], spec["trunk"],
                              {**spec, "dtype": dtype, "cfg": spec["xar_cfg"] if family == "xar" else spec["cfg"]})
         seconds, peak, _ = measure(lambda: run.generate(labels), spec["device"])

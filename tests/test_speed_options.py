@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vargen
 from vargen import speed
@@ -129,6 +130,30 @@ def test_bf16_picks_the_fp32_token_at_most_steps_of_a_trained_model(pipeline):
         probs = sampler.logits.filter(logits).softmax(-1)
         picked.append(sample_from_probs(probs.flatten(0, 1), uniform))
     assert (picked[0] == picked[1]).float().mean() >= 0.9
+
+
+def test_bf16_linear_gelu_is_one_rounding_from_float32():
+    """VAR's FFN in bf16 inference: GELU in the GEMM's epilogue, rounded once, lands at least as
+    close to the float32 result as the two bf16 ops; with gradients (or in float32) it is the
+    two ops exactly."""
+    from vargen.nn import linear_gelu
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(64, 256)
+    x = torch.randn(3, 40, 64)
+    want = F.gelu(fc(x), approximate="tanh").detach()
+    fc16, x16 = copy.deepcopy(fc).to(torch.bfloat16), x.to(torch.bfloat16)
+    with torch.no_grad():
+        fused = linear_gelu(x16, fc16, "tanh")
+        separate = F.gelu(fc16(x16), approximate="tanh")
+        assert torch.equal(linear_gelu(x, fc, "tanh"), want)  # float32: the two ops
+    assert fused.shape == (3, 40, 256) and fused.dtype == torch.bfloat16
+    assert (fused.float() - want).abs().mean() <= (separate.float() - want).abs().mean()
+    assert torch.allclose(fused.float(), want, atol=0.05)
+    x16.requires_grad_(True)
+    out = linear_gelu(x16, fc16, "tanh")  # training: autograd through the two ops
+    assert torch.equal(out, F.gelu(fc16(x16), approximate="tanh"))
+    out.sum().backward()
+    assert x16.grad is not None and fc16.weight.grad is not None
 
 
 # --------------------------------------------------------------------------------- compile
@@ -265,3 +290,35 @@ def test_prepacking_leaves_linear_subclasses_alone():
     assert "forward" not in vars(model[0]) and "forward" in vars(model[1])
     with torch.no_grad():
         assert model[0](torch.randn(2, 8)).shape == (2, 1, 6, 4)
+
+
+_FAULTS_SCRIPT = """
+import resource, sys, torch
+from vargen import speed
+applied = speed.keep_freed_memory() if sys.argv[1] == "keep" else None
+for _ in range(4):  # 64 MiB, above glibc's default mmap threshold; the heap settles in a few
+    torch.empty(16 << 20).fill_(1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(8):
+    torch.empty(16 << 20).fill_(1.0)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="glibc's malloc on Linux")
+def test_kept_memory_is_reused_without_page_faults():
+    """Eight 64 MiB allocations fault their 16k pages in each time by default; with freed memory
+    kept nearly all reuse the pages of those before them (at most one of them faulted here) (counted in a subprocess: the setting is process-wide)."""
+    import subprocess
+    import sys
+
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True)
+        applied, count = out.stdout.split()
+        return applied, int(count)
+
+    default, kept = faults("default"), faults("keep")
+    pages = 8 * (64 << 20) // 4096
+    if kept[0] != "True":
+        pytest.skip("not glibc: keep_freed_memory does not apply")
+    assert default[1] > pages * 9 // 10 and kept[1] < pages // 4, (default, kept)

@@ -1,4 +1,5 @@
-"""Speed options of sampling: the network's dtype and ``torch.compile`` of its step methods.
+"""Speed options of sampling: the network's dtype, ``torch.compile`` of its step methods, and
+reuse of freed host memory.
 
     >>> pipe = vargen.load_pipeline("nar-mnist", torch_dtype=torch.bfloat16)
     >>> vargen.speed.compile_steps(pipe.transformer)   # or load_fast_pipeline(name, compile=True)
@@ -17,9 +18,16 @@ otherwise recompile once per cache length and give up after its recompile limit)
 fails (no C++ compiler, an unsupported op, ``torch.compile`` itself unavailable) the model falls
 back to its eager methods with one warning, after rolling every KV cache back to its state before
 the failed call (a partly run step must not append twice), and sampling goes on.
+
+**freed memory.** :func:`keep_freed_memory` has glibc's malloc keep large freed blocks for reuse
+(as the CUDA caching allocator does for device memory) instead of handing them back to the OS
+and faulting fresh zeroed pages in on the next allocation, which wide passes (VAR's last scales,
+logits over a codebook) otherwise pay on every step.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -106,10 +114,13 @@ def step_methods() -> Tuple[str, ...]:
 def load_fast_pipeline(name: str, device: Any = "cpu", dtype: Union[str, torch.dtype, None] = None,
                        compile: bool = False) -> Any:
     """``load_pipeline(name)`` on ``device``, cast to ``dtype`` (``"bfloat16"``, ...) and with
-    its network's steps compiled if ``compile`` (what ``--dtype`` / ``--compile`` ask for)."""
+    its network's steps compiled if ``compile`` (what ``--dtype`` / ``--compile`` ask for); on
+    CPU, freed host memory is kept for reuse (:func:`keep_freed_memory`)."""
     from vargen.pipeline import load_pipeline
     torch_dtype = resolve_dtype(dtype, device)  # refused before any weights are read
     pipe = load_pipeline(name, device=device, torch_dtype=torch_dtype)
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
     if compile:
         compile_steps(pipe.transformer)
     return pipe
@@ -145,6 +156,32 @@ def compile_steps(model: Any, *, backend: str = "inductor", mode: Optional[str] 
 def is_compiled(model: Any) -> bool:
     """Whether ``model``'s step methods currently run through ``torch.compile``."""
     return any(n in vars(model) for n in step_methods())
+
+
+# ----------------------------------------------------------------------------- freed memory
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (<malloc.h>)
+
+
+@functools.lru_cache(maxsize=None)
+def keep_freed_memory() -> bool:
+    """Keep freed host memory in this process for reuse; True where it applies (glibc), else False.
+
+    glibc serves each allocation above its mmap threshold (at most 32 MiB by default: one
+    ``[4096, 4096]`` bfloat16 product) with fresh pages from the OS and unmaps them on free, so
+    the next step faults every page in again, zeroed: about 1 us per 4 KiB page here, as long as
+    a GEMM producing the tensor. Raising the mmap and trim thresholds (``mallopt``) serves them
+    from the heap instead, as ``LD_PRELOAD`` of jemalloc / tcmalloc does in PyTorch's CPU tuning
+    guide. The cost: the process keeps its peak heap until it exits. Process-wide and applied
+    once; ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...`` does the same from outside.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version  # glibc only: musl and the BSD / macOS libcs lack mallopt's knobs
+    except (OSError, AttributeError, TypeError):
+        return False
+    largest = 2 ** 31 - 1  # mallopt takes an int
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 2 ** 30) and libc.mallopt(_M_TRIM_THRESHOLD, largest))
 
 
 # ----------------------------------------------------------------------------- prepacked weights
