@@ -12,7 +12,7 @@ parameter and buffer, embedding tables included, of which a pass reads only a fe
 (LlamaGen-B's code and class tables are 12% of its bytes), so a memory-bound floor is high by
 up to that much and its fraction as flattering. ``flops`` are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` over one more call of the run (matmul, addmm,
-attention, convolution), key and value bytes by a dispatch mode beside it on every
+attention, convolution, and oneDNN's fused linear that vargen's bf16 GELU layers call), key and value bytes by a dispatch mode beside it on every
 ``scaled_dot_product_attention`` kernel; the fraction reached is ``floor / seconds``.
 
 On CPU the peaks are measured here, in this process, at the benchmark's threads: a 4096 x 4096
@@ -28,6 +28,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import register_flop_formula
 
 # Datasheet dense peaks (SXM parts): FLOP/s fp32 (non-tensor), bf16 (tensor cores), memory bytes/s.
 CUDA_PEAKS = {
@@ -35,6 +36,15 @@ CUDA_PEAKS = {
     "H200": {"float32": 67e12, "bfloat16": 989e12, "bandwidth": 4.8e12},
     "A100": {"float32": 19.5e12, "bfloat16": 312e12, "bandwidth": 2.04e12},
 }
+
+
+if torch.backends.mkldnn.is_available():  # vargen.nn.linear_gelu: a GEMM with its epilogue fused
+    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    def _fused_linear_flops(x_shape, w_shape, *args, **kwargs) -> int:
+        rows = 1
+        for n in x_shape[:-1]:
+            rows *= n
+        return 2 * rows * x_shape[-1] * w_shape[0]
 
 
 def _best_seconds(fn: Callable[[], object], device: str, repeats: int) -> float:

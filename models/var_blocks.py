@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vargen.nn import linear_gelu
+
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if p == 0.0 or not training:
@@ -98,11 +100,7 @@ class FFN(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)                                    # [B, n, 4C]
-        if h.requires_grad:
-            h = self.act(h)
-        else:  # inference: in place, as a fresh [B, n, 4C] buffer per block costs more than the GELU
-            h = torch.ops.aten.gelu_(h, approximate=self.act.approximate)
+        h = linear_gelu(x, self.fc1, self.act.approximate)  # [B, n, 4C]
         return self.drop(self.fc2(h))
 
 

@@ -173,6 +173,8 @@ def test_roofline_counts_the_products_and_weights_of_a_run():
     """FLOPs of one run are the products' (2 m k n each); weights are read once per counted pass;
     the floor is the larger of compute and streaming time and names which binds."""
     import roofline
+
+    from vargen.nn import linear_gelu
     layer = torch.nn.Linear(64, 32, bias=False)
 
     def run():
@@ -194,6 +196,14 @@ def test_roofline_counts_the_products_and_weights_of_a_run():
     assert attention["kv_bytes"] == 2 * kv.numel() * 4 and attention["flops"] == 4 * 2 * 3 * 1 * 10 * 8
     work["kv_bytes"] = 1e9
     assert roofline.floor_seconds(work, {"flops": 1e12, "bandwidth": 1.0})[0] == 3 * 64 * 32 * 4 + 1e9
+    # the fused GEMM + GELU that bf16 VAR blocks run (vargen.nn.linear_gelu) counts as its product
+    fc = torch.nn.Linear(64, 32).to(torch.bfloat16)
+
+    def fused():
+        with torch.no_grad():
+            linear_gelu(torch.randn(2, 4, 64, dtype=torch.bfloat16), fc, "tanh")
+        return {"forward_passes": 1}
+    assert roofline.count_work(fc, fused)["flops"] == 2 * 8 * 64 * 32
     peaks = roofline.measure_peaks(torch.float32, size=128, repeats=1)
     assert peaks["flops"] > 0 and peaks["bandwidth"] > 0 and "measured" in peaks["source"]
 
