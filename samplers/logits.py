@@ -10,6 +10,8 @@ from vargen import checks
 
 from .guidance import CFG_SCHEDULES, Guidance, cfg_labels, full_precision  # noqa: F401  (re-exported)
 
+_TIE_ROOM = 64  # candidates fetched past top-k for ties at the k-th value
+
 
 @dataclass
 class LogitsFilter:
@@ -31,19 +33,25 @@ class LogitsFilter:
         if self.temperature != 1.0:  # x / 1 is x: skip a pass over [B, n, V]
             logits = logits / max(self.temperature, 1e-5)
         if self.top_k > 0:
-            k = min(self.top_k, logits.shape[-1])
-            values, ids = torch.topk(logits, k, dim=-1)  # descending
-            kth = values[..., -1:]
+            vocab = logits.shape[-1]
+            k = min(self.top_k, vocab)
             if self.top_p >= 1.0:
+                kth = torch.topk(logits, k, dim=-1).values[..., -1:]
                 return logits.masked_fill(logits < kth, float("-inf"))
             # top-p over the k candidates only (the rest are -inf already): VAR's top-k 900 of
             # 4096 no longer sorts the vocabulary. Ties at the k-th value stay in, so the
-            # candidate list widens to the most ties of a row.
-            ties = (logits >= kth).sum(-1)
-            kept = int(ties.max()) if ties.numel() else 0  # no rows: nothing to widen
-            if kept > k:
+            # candidate list widens to the most ties of a row: one top-k with room for a few
+            # (float32 logits from a bf16 network tie at the k-th value by up to ~13 in VAR-d16),
+            # a second over the whole row only when a row fills that room.
+            values, ids = torch.topk(logits, min(k + _TIE_ROOM, vocab), dim=-1)  # descending
+            kth = values[..., k - 1:k]
+            ties = (values >= kth).sum(-1)
+            kept = int(ties.max()) if ties.numel() else k  # no rows: nothing to widen
+            if kept == values.shape[-1] < vocab:  # the room is full: count the ties over the row
+                kept = int((logits >= kth).sum(-1).max())
                 values, ids = torch.topk(logits, kept, dim=-1)
-                values = values.masked_fill(values < kth, float("-inf"))
+            values = values[..., :kept].masked_fill(values[..., :kept] < kth, float("-inf"))
+            ids = ids[..., :kept]
         elif self.top_p < 1.0:
             values, ids = torch.sort(logits, descending=True, dim=-1)
         else:

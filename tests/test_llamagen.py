@@ -129,10 +129,15 @@ def test_top_k_then_top_p_sorts_only_the_candidates(tied):
     sort's choice either way)."""
     torch.manual_seed(0)
     logits = torch.randn(3, 17, 512) * 3
+    cases = [(logits, k, p) for k, p in ((40, 0.9), (300, 0.5), (512, 0.99), (1, 0.3))]
     if tied:
         logits = logits.bfloat16().float().round(decimals=1)
+        # seven distinct values: over a hundred ties at the 100th, more than the room past k
+        coarse = (logits / 3).round()
+        assert (coarse >= coarse.topk(100, -1).values[..., -1:]).sum(-1).max() > 100 + 64
+        cases = [(logits, k, p) for _, k, p in cases] + [(coarse, 100, 0.9)]
     ties_at_k = []
-    for k, p in ((40, 0.9), (300, 0.5), (512, 0.99), (1, 0.3)):
+    for logits, k, p in cases:
         shortcut = LogitsProcessor(top_k=k, top_p=p).filter(logits)
         reference = LogitsProcessor(top_p=p).filter(LogitsProcessor(top_k=k).filter(logits))
         if tied:  # the same kept values
