@@ -96,7 +96,8 @@ save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()
 shutil.copy("runs/rar-mnist/final/config.json", "weights/rar-mnist/config.json")
 shutil.copy("runs/rar-mnist/final/README.md", "weights/rar-mnist/README.md")  # + the measured section
 PY
-# MAR on kl-mnist latents (models/mar.py: mar-mnist, 64 tokens, DiffLoss head repeated 4x per token).
+# MAR on kl-mnist latents (models/mar.py: mar-mnist, 64 tokens, DiffLoss head repeated 4x per token,
+# training mask ratios N(1, 0.5) on [0, 1] from the registered config).
 vargen train --model mar-mnist --tokenizer weights/kl-mnist --data mnist --steps 3000 --batch-size 64 \
     --lr 1e-3 --ema-decay 0.999 --warmup-steps 200 --schedule cosine --min-lr 5e-5 --ckpt-every 250 \
     --log-every 50 --out runs/mar-mnist
