@@ -50,8 +50,8 @@ class LogitsFilter:
             if kept == values.shape[-1] < vocab:  # the room is full: count the ties over the row
                 kept = int((logits >= kth).sum(-1).max())
                 values, ids = torch.topk(logits, kept, dim=-1)
-            values = values[..., :kept].masked_fill(values[..., :kept] < kth, float("-inf"))
-            ids = ids[..., :kept]
+            values, ids = values[..., :kept], ids[..., :kept]
+            values = values.masked_fill(values < kth, float("-inf"))
         elif self.top_p < 1.0:
             values, ids = torch.sort(logits, descending=True, dim=-1)
         else:
